@@ -1,0 +1,429 @@
+"""`batchq`: a thin click shell over batchq.jobs. Errors become one line and a documented exit code.
+
+Exit codes: 0 ok; 1 unexpected error; 2 usage or configuration; 3 invalid input file;
+4 unknown job, model or file; 5 database or broker unreachable; 6 a waited-for job did not complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tomllib
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchq import jobs
+from batchq.errors import BatchqError, ConfigError, JobNotCompleted
+from batchq.settings import get_settings, redact
+
+log = logging.getLogger("batchq")
+
+
+class BatchqGroup(click.Group):
+    """Turns batchq's errors into one line on stderr; a traceback only with -v."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BatchqError as exc:
+            if ctx.meta.get("verbose"):
+                traceback.print_exc()
+            click.echo(f"batchq: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("batchq: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if ctx.meta.get("verbose"):
+                traceback.print_exc()
+            click.echo(f"batchq: unexpected error: {type(exc).__name__}: {exc} "
+                       "(run with -v for the traceback)", err=True)
+            ctx.exit(1)
+
+
+def _setup_logging(verbose: bool, default: int = logging.WARNING) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else default, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for noisy in ("transformers", "httpx", "urllib3", "huggingface_hub", "bitsandbytes"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@click.group(cls=BatchqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks.")
+@click.version_option(package_name="batchq")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Batch inference for Qwen models: JSONL in, per-variant queues, pinned workers, results out."""
+    ctx.meta["verbose"] = verbose
+    _setup_logging(verbose)
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+# ---------------------------------------------------------------- submit / run
+
+_model_option = click.option("--model", "-m", required=True,
+                             help="Catalogue alias, Hugging Face id or local model directory.")
+_quant_option = click.option("--quant", "-q", type=click.Choice(["none", "int8", "nf4"]),
+                             default=None, help="Quantization (default: the catalogue's "
+                             "recommendation, else none).")
+
+
+def _generation_options(f):
+    f = click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Nucleus sampling for lines that do not set top_p.")(f)
+    f = click.option("--temperature", type=click.FloatRange(0, 2), default=None,
+                     help="Sampling temperature for lines that do not set one (default 0: greedy).")(f)
+    f = click.option("--max-new-tokens", type=click.IntRange(1), default=None,
+                     help="Output limit for lines that do not set one (default 256).")(f)
+    return f
+
+
+def _job_settings(max_new_tokens, temperature, top_p) -> jobs.JobSettings:
+    return jobs.JobSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+
+
+def _progress_printer():
+    tty = sys.stderr.isatty()
+    last = {"text": None}
+
+    def show(info: dict[str, Any]) -> None:
+        c, m = info["counts"], info["metrics"]
+        done = c["completed"] + c["failed"] + c["cancelled"]
+        rate = f", {m['tokens_per_second']} tok/s" if m["tokens_per_second"] else ""
+        text = (f"job {info['id'][:12]} {info['status']}: {done}/{c['total']} lines "
+                f"({c['failed']} failed){rate}")
+        if text == last["text"]:
+            return
+        last["text"] = text
+        if tty:
+            click.echo("\r\033[K" + text, err=True, nl=info["status"] in jobs.FINAL_JOB_STATUSES)
+        else:
+            click.echo(text, err=True)
+
+    return show
+
+
+def _final_exit(info: dict[str, Any]) -> None:
+    if info["status"] != "completed":
+        c = info["counts"]
+        raise JobNotCompleted(f"job {info['id']} {info['status']}: {c['completed']} succeeded, "
+                              f"{c['failed']} failed, {c['cancelled']} cancelled "
+                              f"(`batchq results {info['id'][:12]}` shows each line)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@_model_option
+@_quant_option
+@_generation_options
+@click.option("--name", help="A name to recognise the job by.")
+@click.option("--wait", is_flag=True, help="Show progress and exit 0 only if the job completed.")
+def submit(file, model, quant, max_new_tokens, temperature, top_p, name, wait):
+    """Validate FILE (JSONL, '-' for stdin), store it as a job and queue its chunks.
+
+    Prints the job id, alone, on stdout.
+    """
+    job_id = jobs.submit(file, model, quant, name=name,
+                         job_settings=_job_settings(max_new_tokens, temperature, top_p))
+    click.echo(job_id)
+    info = jobs.status(job_id)
+    click.echo(f"queued {info['counts']['total']} lines in {info['chunks']} chunk(s) on "
+               f"{info['queue']}", err=True)
+    if wait:
+        _final_exit(jobs.wait(job_id, on_progress=_progress_printer()))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@_model_option
+@_quant_option
+@_generation_options
+@click.option("--name", help="A name to recognise the job by.")
+@click.option("--gpu", type=click.IntRange(0), default=None, help="GPU index (default: 0 if any).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write results here instead of stdout.")
+@click.option("--errors", "errors_file", type=click.Path(dir_okay=False, writable=True),
+              help="Write failed and cancelled lines here instead of with the results.")
+def run(file, model, quant, max_new_tokens, temperature, top_p, name, gpu, output, errors_file):
+    """Submit FILE and serve it with an in-process worker until it is final; write the results.
+
+    The one-machine path. The job is queued like any other, so a `batchq worker` of the same
+    variant can help, and can finish it if this command is interrupted.
+    """
+    from batchq.variants import resolve
+    from batchq.worker import run_chunk
+
+    settings = get_settings()
+    variant = resolve(model, quant)
+    with open(file, "rb") as stream:
+        jobs._validate(file, stream, settings)  # refuse a bad file before loading a model
+    runtime = _load_runtime(variant, gpu, settings, profile={})
+    job_id = jobs.submit(file, model, quant, name=name, settings=settings,
+                         job_settings=_job_settings(max_new_tokens, temperature, top_p))
+    click.echo(f"job {job_id}", err=True)
+    show = _progress_printer()
+    for chunk_id in jobs.chunk_ids(job_id, settings):
+        run_chunk(chunk_id, runtime)
+        show(jobs.status(job_id, settings))
+    info = jobs.wait(job_id, settings, on_progress=show)
+    _write_results(job_id, output, errors_file)
+    _final_exit(info)
+
+
+# ---------------------------------------------------------------- worker
+
+def _read_profile(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such worker profile") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    section = data.get("worker", {})
+    allowed = {"model", "quant", "gpu", "max_batch_tokens", "max_batch_rows", "name"}
+    unknown = set(section) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) in [worker]: {', '.join(sorted(unknown))} "
+                          f"(allowed: {', '.join(sorted(allowed))})")
+    return section
+
+
+def _load_runtime(variant, gpu, settings, profile):
+    from batchq.batching import BatchBudget
+    from batchq.db import session_factory
+    from batchq.engine import Engine
+    from batchq.worker import start_runtime
+
+    session_factory(settings)  # fail fast, before a long model load, if the database is away
+    if gpu is not None:
+        # Pin before CUDA starts: the process then sees exactly one GPU, as cuda:0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    import torch
+
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if gpu is not None and device == "cpu":
+        click.echo(f"batchq: warning: no CUDA device visible; GPU {gpu} ignored, running on CPU",
+                   err=True)
+    budget = BatchBudget(max_tokens=int(profile.get("max_batch_tokens", BatchBudget.max_tokens)),
+                         max_rows=int(profile.get("max_batch_rows", BatchBudget.max_rows)))
+    engine = Engine.load(variant.model, variant.quant, device, budget)
+    return start_runtime(engine, variant, settings)
+
+
+@cli.command()
+@click.option("--model", "-m", default=None, help="Catalogue alias, Hugging Face id or directory.")
+@_quant_option
+@click.option("--gpu", type=click.IntRange(0), default=None, help="Pin to this GPU index.")
+@click.option("--profile", type=click.Path(dir_okay=False), default=None,
+              help="A worker profile (workers/*.toml); options given here override it.")
+@click.option("--max-batch-tokens", type=click.IntRange(1), default=None,
+              help="Token budget of one GPU batch: rows x (padded prompt + new tokens).")
+@click.option("--max-batch-rows", type=click.IntRange(1), default=None,
+              help="Most prompts in one GPU batch.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(model, quant, gpu, profile, max_batch_tokens, max_batch_rows, loglevel):
+    """A Celery worker pinned to one variant (model + quantization) and one GPU."""
+    from batchq.celery_app import app_for
+    from batchq.variants import resolve
+
+    prof = _read_profile(profile)
+    model = model or prof.get("model")
+    if not model:
+        raise ConfigError("give --model or a --profile that names one")
+    quant = quant or prof.get("quant")
+    gpu = gpu if gpu is not None else prof.get("gpu")
+    for key, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_rows", max_batch_rows)):
+        if value is not None:
+            prof[key] = value
+    settings = get_settings()
+    variant = resolve(model, quant)
+    jobs.check_broker(settings)
+    logging.getLogger("batchq").setLevel(loglevel.upper())
+    runtime = _load_runtime(variant, gpu, settings, prof)
+    click.echo(f"batchq worker: model {variant.model} ({variant.quant}) on "
+               f"{runtime.engine.device}; queue {variant.queue}; broker "
+               f"{redact(settings.broker_url)}", err=True)
+    node = prof.get("name") or f"{variant.slug}.{variant.quant}" + (
+        f".gpu{gpu}" if gpu is not None else "")
+    argv = ["worker", "-Q", variant.queue, "-P", "solo", "-c", "1", "-E",
+            "-n", f"{node}@%h", "--loglevel", loglevel]
+    if settings.embedded:
+        argv += ["--without-mingle", "--without-gossip"]  # the SQLite broker has no broadcast
+    app_for(settings).worker_main(argv)
+
+
+# ---------------------------------------------------------------- reading jobs
+
+def _print_status(info: dict[str, Any]) -> None:
+    c, m = info["counts"], info["metrics"]
+    lines = [
+        f"job       {info['id']}" + (f"  ({info['name']})" if info["name"] else ""),
+        f"status    {info['status']}",
+        f"variant   {info['model']} ({info['quant']}) on queue {info['queue']}",
+        f"lines     {c['total']} total: {c['completed']} succeeded, {c['failed']} failed, "
+        f"{c['cancelled']} cancelled, {c['pending']} pending",
+        f"created   {m['created_at']}   started {m['started_at'] or '-'}   "
+        f"finished {m['finished_at'] or '-'}",
+        f"timing    queue wait {_secs(m['queue_wait_seconds'])}, run {_secs(m['run_seconds'])}, "
+        f"generating {_secs(m['generate_seconds'])} in {m['batches']} batch(es)",
+        f"tokens    {m['prompt_tokens']} prompt, {m['completion_tokens']} completion, "
+        f"{m['tokens_per_second'] or '-'} tok/s",
+        f"padding   efficiency {_pct(m['padding_efficiency'])} of prompt slots, "
+        f"decode {_pct(m['decode_efficiency'])} of decode slots",
+    ]
+    click.echo("\n".join(lines))
+
+
+def _secs(value) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+@cli.command()
+@click.argument("job", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", default=20, show_default=True, help="How many recent jobs to list.")
+def status(job, as_json, limit):
+    """One job's status, counts and metrics; without JOB, the recent jobs."""
+    if job:
+        info = jobs.status(job)
+        if as_json:
+            click.echo(json.dumps(info, indent=2))
+        else:
+            _print_status(info)
+        return
+    infos = jobs.list_jobs(limit)
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    if not infos:
+        click.echo("no jobs yet", err=True)
+        return
+    click.echo(f"{'JOB':<12}  {'STATUS':<9}  {'DONE':>13}  {'FAILED':>6}  {'CREATED':<25}  MODEL")
+    for info in infos:
+        c = info["counts"]
+        done = f"{c['completed'] + c['failed'] + c['cancelled']}/{c['total']}"
+        click.echo(f"{info['id'][:12]}  {info['status']:<9}  {done:>13}  {c['failed']:>6}  "
+                   f"{info['metrics']['created_at']:<25}  {info['model']} ({info['quant']})")
+
+
+def _write_results(job: str, output: str | None, errors_file: str | None) -> dict[str, Any]:
+    from batchq.inputs import render_result
+
+    info, rows = jobs.results(job)
+    created = int(__import__("datetime").datetime.fromisoformat(
+        info["metrics"]["created_at"]).timestamp())
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout
+    err = open(errors_file, "w", encoding="utf-8") if errors_file else out
+    counts = {"written": 0, "errors": 0}
+    try:
+        for row in rows:
+            target = err if row.status in ("failed", "cancelled") else out
+            target.write(json.dumps(render_result(row, info["id"], info["model"], created),
+                                    ensure_ascii=False) + "\n")
+            counts["errors" if target is err and err is not out else "written"] += 1
+    finally:
+        if output:
+            out.close()
+        if errors_file:
+            err.close()
+    return counts
+
+
+@cli.command()
+@click.argument("job")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write results here instead of stdout.")
+@click.option("--errors", "errors_file", type=click.Path(dir_okay=False, writable=True),
+              help="Write failed and cancelled lines here instead of with the results.")
+def results(job, output, errors_file):
+    """JOB's results as JSONL, one line per input line, in input order (also while it runs)."""
+    info = jobs.status(job)
+    counts = _write_results(job, output, errors_file)
+    if info["status"] not in jobs.FINAL_JOB_STATUSES:
+        click.echo(f"batchq: job {info['id'][:12]} is {info['status']}: "
+                   f"{info['counts']['pending']} line(s) still pending", err=True)
+    if output or errors_file:
+        click.echo(f"wrote {counts['written']} result line(s)"
+                   + (f" and {counts['errors']} error line(s)" if errors_file else ""), err=True)
+
+
+@cli.command()
+@click.argument("job")
+def cancel(job):
+    """Cancel JOB: pending lines now, running chunks at their next batch boundary."""
+    info = jobs.cancel(job)
+    c = info["counts"]
+    click.echo(f"job {info['id']} {info['status']}: {c['completed']} succeeded, "
+               f"{c['failed']} failed, {c['cancelled']} cancelled")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json):
+    """The model catalogue. Any other Hugging Face id or a local directory works too."""
+    from batchq.variants import CATALOGUE, queue_name
+
+    rows = [{"alias": e.alias, "hf_id": e.hf_id, "context": e.context,
+             "recommended_quant": e.recommended_quant,
+             "queue": queue_name(e.alias, e.recommended_quant)} for e in CATALOGUE]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'ALIAS':<28}  {'HUGGING FACE ID':<34}  {'CONTEXT':>7}  QUANT")
+    for r in rows:
+        click.echo(f"{r['alias']:<28}  {r['hf_id']:<34}  {r['context']:>7}  "
+                   f"{r['recommended_quant']}")
+
+
+@cli.group()
+def db():
+    """Database schema management."""
+
+
+@db.command("upgrade")
+def db_upgrade():
+    """Migrate the database to the newest schema (Alembic head)."""
+    from batchq.db import upgrade
+
+    settings = get_settings()
+    revision = upgrade(settings.database_url)
+    click.echo(f"database {redact(settings.database_url)} is at revision {revision} (head)")
+
+
+@cli.command("make-tiny-model")
+@click.argument("directory", type=click.Path(file_okay=False))
+def make_tiny_model(directory):
+    """Write a tiny random-weight Qwen2 model with the real Qwen2.5 tokenizer (offline)."""
+    from batchq.tiny import make_tiny_model as make
+
+    path = make(directory)
+    click.echo(str(Path(path).resolve()))
+
+
+def main() -> None:
+    cli(prog_name="batchq")
+
+
+if __name__ == "__main__":
+    main()

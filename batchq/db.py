@@ -1,0 +1,143 @@
+"""Database engine, sessions and the schema's migration state.
+
+The embedded SQLite database is migrated on first use; a server database is migrated only by
+`batchq db upgrade`, so that an operator decides when the schema changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from batchq.errors import ServiceUnavailable
+from batchq.settings import Settings, redact
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def migrations_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("batchq's migrations directory is missing from this installation")
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets the CLI read while a worker writes; busy_timeout waits out short write locks.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+@functools.cache
+def get_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def upgrade(url: str) -> str:
+    """Bring the schema to the newest migration; returns the revision it is at."""
+    from alembic import command
+
+    engine = get_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise ServiceUnavailable(_unreachable(url, exc)) from exc
+    return head_revision()
+
+
+def _unreachable(url: str, exc: Exception) -> str:
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    return f"cannot reach the database at {redact(url)}: {reason}"
+
+
+@functools.cache
+def _ready(url: str) -> None:
+    """Check once per process that the schema is usable, migrating the embedded database."""
+    engine = get_engine(url)
+    try:
+        if url.startswith("sqlite"):
+            if current_revision(engine) != head_revision():
+                upgrade(url)
+            return
+        revision = current_revision(engine)
+    except OperationalError as exc:
+        raise ServiceUnavailable(_unreachable(url, exc)) from exc
+    if revision != head_revision():
+        state = "has no batchq schema" if revision is None else f"is at revision {revision}"
+        raise ServiceUnavailable(
+            f"the database at {redact(url)} {state}; run `batchq db upgrade` first"
+        )
+
+
+def session_factory(settings: Settings) -> sessionmaker[Session]:
+    _ready(settings.database_url)
+    return sessionmaker(get_engine(settings.database_url), expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def session_scope(settings: Settings) -> Iterator[Session]:
+    """A session that commits on success and turns a lost connection into a clear error."""
+    factory = session_factory(settings)
+    try:
+        with factory.begin() as session:
+            yield session
+    except OperationalError as exc:
+        raise ServiceUnavailable(_unreachable(settings.database_url, exc)) from exc
+
+
+def table_names(url: str) -> set[str]:
+    return set(inspect(get_engine(url)).get_table_names())

@@ -1,0 +1,48 @@
+"""One rooted hierarchy; each error knows the documented exit code the CLI returns for it."""
+
+from __future__ import annotations
+
+
+class BatchqError(Exception):
+    """Base of every error batchq raises on purpose. Its message is meant for a person."""
+
+    exit_code = 1
+
+
+class ConfigError(BatchqError):
+    """A setting, profile or option is wrong."""
+
+    exit_code = 2
+
+
+class InputError(BatchqError):
+    """The submitted file was refused; `problems` lists one message per bad line."""
+
+    exit_code = 3
+
+    def __init__(self, path: str, problems: list[str], total_bad: int):
+        self.path = path
+        self.problems = problems
+        self.total_bad = total_bad
+        shown = "\n".join(problems)
+        more = total_bad - len(problems)
+        tail = f"\n... and {more} more invalid line(s)" if more > 0 else ""
+        super().__init__(f"{path}: {total_bad} invalid line(s), no job created\n{shown}{tail}")
+
+
+class NotFound(BatchqError):
+    """An unknown job id, model alias or missing model directory."""
+
+    exit_code = 4
+
+
+class ServiceUnavailable(BatchqError):
+    """The database or the broker cannot be reached."""
+
+    exit_code = 5
+
+
+class JobNotCompleted(BatchqError):
+    """A waited-for job ended failed or cancelled."""
+
+    exit_code = 6

@@ -1,0 +1,349 @@
+"""The service API: submit, status, list, cancel, wait and results. The CLI is a thin shell on it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import func, insert, select, update
+
+from batchq.db import aware, session_scope, utcnow
+from batchq.errors import BatchqError, InputError, NotFound, ServiceUnavailable
+from batchq.inputs import LineError, LineResult, iter_raw_lines, parse_line
+from batchq.models import FINAL_LINE_STATUSES, Chunk, Job, Line
+from batchq.settings import Settings, get_settings, redact
+from batchq.variants import resolve
+
+MAX_PROBLEMS_SHOWN = 20
+INSERT_BATCH = 1000
+FINAL_JOB_STATUSES = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Job-level generation settings; each line's own settings override them."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+# ---------------------------------------------------------------- submit
+
+@contextmanager
+def _open_input(path: str) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    """A name for messages and a way to read the input twice (stdin is spooled to disk)."""
+    if path == "-":
+        with tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+
+            def reopen() -> IO[bytes]:
+                spool.seek(0)
+                return _Unclosed(spool)
+
+            yield "<stdin>", reopen
+        return
+    file = Path(path)
+    if not file.is_file():
+        raise NotFound(f"{path}: no such file")
+    yield path, lambda: file.open("rb")
+
+
+class _Unclosed:
+    """Lets `with` read a spooled file twice without closing it."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+
+    def __enter__(self) -> IO[bytes]:
+        return self.f
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _validate(name: str, stream: IO[bytes], settings: Settings) -> int:
+    """First pass: every line checked, nothing kept but counts and id digests."""
+    problems: list[str] = []
+    bad = 0
+    accepted = 0
+    seen: dict[bytes, int] = {}  # 8-byte digest of custom_id -> first line number
+    for line_no, raw in iter_raw_lines(stream):
+        try:
+            if len(raw) > settings.max_line_bytes:
+                raise LineError(f"line is {len(raw)} bytes, over the limit of "
+                                f"{settings.max_line_bytes} (BATCHQ_MAX_LINE_BYTES)")
+            request = parse_line(raw, line_no)
+            digest = hashlib.blake2b(request.custom_id.encode(), digest_size=8).digest()
+            if digest in seen:
+                raise LineError(f"duplicate custom_id {request.custom_id!r} "
+                                f"(first used on line {seen[digest]})")
+            seen[digest] = line_no
+            accepted += 1
+        except LineError as exc:
+            bad += 1
+            if len(problems) < MAX_PROBLEMS_SHOWN:
+                problems.append(f"{name}:{line_no}: {exc}")
+        if accepted + bad > settings.max_file_lines:
+            raise InputError(name, [f"{name}: more than {settings.max_file_lines} lines "
+                                    "(BATCHQ_MAX_FILE_LINES)"], 1)
+    if bad:
+        raise InputError(name, problems, bad)
+    if accepted == 0:
+        raise InputError(name, [f"{name}: the file has no lines to run"], 1)
+    return accepted
+
+
+def check_broker(settings: Settings) -> None:
+    from batchq.celery_app import app_for
+
+    try:
+        with app_for(settings).connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+    except Exception as exc:  # kombu raises several types for one meaning
+        raise ServiceUnavailable(
+            f"cannot reach the broker at {redact(settings.broker_url)}: {exc}") from exc
+
+
+def submit(path: str, model: str, quant: str | None = None, *,
+           job_settings: JobSettings | None = None, name: str | None = None,
+           settings: Settings | None = None) -> str:
+    """Validate the whole file, store job, lines and chunks in one transaction, then enqueue.
+
+    Returns the new job's id. Raises InputError (nothing stored) if any line is invalid.
+    """
+    settings = settings or get_settings()
+    variant = resolve(model, quant)
+    job_settings = job_settings or JobSettings()
+    with _open_input(path) as (source, reopen):
+        with reopen() as stream:
+            total = _validate(source, stream, settings)
+        check_broker(settings)
+        job_id = uuid.uuid4().hex
+        now = utcnow()
+        chunks: list[dict[str, Any]] = []
+        with session_scope(settings) as session:
+            session.add(Job(
+                id=job_id, name=name, source=source, model=variant.model, quant=variant.quant,
+                queue=variant.queue, status="queued", settings=json.dumps(job_settings.to_dict()),
+                total_lines=total, total_chunks=0, created_at=now))
+            session.flush()
+            rows: list[dict[str, Any]] = []
+            in_chunk: list[int] = []
+            with reopen() as stream:
+                for line_no, raw in iter_raw_lines(stream):
+                    request = parse_line(raw, line_no)
+                    rows.append({"job_id": job_id, "line_no": line_no,
+                                 "custom_id": request.custom_id, "kind": request.kind,
+                                 "request": request.to_json(), "status": "pending",
+                                 "attempts": 0, "created_at": now})
+                    in_chunk.append(line_no)
+                    if len(in_chunk) == settings.chunk_size:
+                        chunks.append(_chunk_row(job_id, len(chunks) + 1, in_chunk))
+                        in_chunk = []
+                    if len(rows) >= INSERT_BATCH:
+                        session.execute(insert(Line), rows)
+                        rows = []
+            if rows:
+                session.execute(insert(Line), rows)
+            if in_chunk:
+                chunks.append(_chunk_row(job_id, len(chunks) + 1, in_chunk))
+            session.execute(insert(Chunk), chunks)
+            session.execute(update(Job).where(Job.id == job_id).values(total_chunks=len(chunks)))
+        enqueue_chunks(job_id, settings)
+    return job_id
+
+
+def _chunk_row(job_id: str, seq: int, line_nos: list[int]) -> dict[str, Any]:
+    return {"job_id": job_id, "seq": seq, "first_line": line_nos[0], "last_line": line_nos[-1],
+            "status": "queued", "attempts": 0, "batches": 0, "prompt_tokens": 0,
+            "padded_prompt_tokens": 0, "completion_tokens": 0, "decode_slots": 0,
+            "generate_seconds": 0.0, "peak_memory_bytes": 0}
+
+
+def enqueue_chunks(job_id: str, settings: Settings) -> int:
+    """One message per queued chunk, carrying only the chunk id."""
+    from batchq.celery_app import RUN_CHUNK, app_for
+
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        chunk_ids = session.scalars(
+            select(Chunk.id).where(Chunk.job_id == job_id, Chunk.status == "queued")
+            .order_by(Chunk.seq)).all()
+        queue = job.queue
+    app = app_for(settings)
+    try:
+        with app.producer_or_acquire() as producer:
+            for chunk_id in chunk_ids:
+                app.send_task(RUN_CHUNK, args=[chunk_id], queue=queue, producer=producer)
+    except Exception as exc:
+        raise ServiceUnavailable(
+            f"job {job_id} is stored but its chunks could not be queued on "
+            f"{redact(settings.broker_url)}: {exc}") from exc
+    return len(chunk_ids)
+
+
+# ---------------------------------------------------------------- reading jobs
+
+def _find(session, job_ref: str) -> Job:
+    """A job by full id or by a unique prefix of at least 4 characters, like git."""
+    job = session.get(Job, job_ref)
+    if job is not None:
+        return job
+    if len(job_ref) >= 4 and all(c in "0123456789abcdef" for c in job_ref.lower()):
+        found = session.scalars(
+            select(Job).where(Job.id.like(job_ref.lower() + "%")).limit(2)).all()
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise NotFound(f"job id prefix {job_ref!r} is ambiguous; give more characters")
+    raise NotFound(f"no job {job_ref!r} (`batchq status` lists recent jobs)")
+
+
+def _counts(session, job_id: str) -> dict[str, int]:
+    by_status = dict(session.execute(
+        select(Line.status, func.count()).where(Line.job_id == job_id).group_by(Line.status)).all())
+    total = sum(by_status.values())
+    return {"total": total, "completed": by_status.get("succeeded", 0),
+            "failed": by_status.get("failed", 0), "cancelled": by_status.get("cancelled", 0),
+            "pending": by_status.get("pending", 0)}
+
+
+def _iso(value) -> str | None:
+    value = aware(value)
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def _describe(session, job: Job) -> dict[str, Any]:
+    totals = session.execute(select(
+        func.coalesce(func.sum(Chunk.prompt_tokens), 0),
+        func.coalesce(func.sum(Chunk.padded_prompt_tokens), 0),
+        func.coalesce(func.sum(Chunk.completion_tokens), 0),
+        func.coalesce(func.sum(Chunk.decode_slots), 0),
+        func.coalesce(func.sum(Chunk.generate_seconds), 0.0),
+        func.coalesce(func.sum(Chunk.batches), 0),
+        func.coalesce(func.max(Chunk.peak_memory_bytes), 0),
+    ).where(Chunk.job_id == job.id)).one()
+    prompt, padded, completion, slots, gen_seconds, batches, peak = totals
+    created, started, finished = aware(job.created_at), aware(job.started_at), aware(job.finished_at)
+    end = finished or utcnow()
+    elapsed = (end - started).total_seconds() if started else None
+    return {
+        "id": job.id, "name": job.name, "status": job.status, "model": job.model,
+        "quant": job.quant, "queue": job.queue, "source": job.source,
+        "settings": json.loads(job.settings),
+        "counts": _counts(session, job.id),
+        "chunks": job.total_chunks,
+        "metrics": {
+            "created_at": _iso(created), "started_at": _iso(started),
+            "finished_at": _iso(finished),
+            "queue_wait_seconds": round((started - created).total_seconds(), 3) if started else None,
+            "run_seconds": round(elapsed, 3) if elapsed is not None else None,
+            "generate_seconds": round(float(gen_seconds), 3),
+            "batches": int(batches),
+            "prompt_tokens": int(prompt), "completion_tokens": int(completion),
+            "tokens_per_second": round(completion / elapsed, 2) if elapsed else None,
+            "padding_efficiency": round(prompt / padded, 4) if padded else None,
+            "decode_efficiency": round(completion / slots, 4) if slots else None,
+            "peak_memory_bytes": int(peak),
+        },
+    }
+
+
+def status(job_ref: str, settings: Settings | None = None) -> dict[str, Any]:
+    with session_scope(settings or get_settings()) as session:
+        return _describe(session, _find(session, job_ref))
+
+
+def list_jobs(limit: int = 20, settings: Settings | None = None) -> list[dict[str, Any]]:
+    with session_scope(settings or get_settings()) as session:
+        jobs = session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
+        return [_describe(session, job) for job in jobs]
+
+
+def cancel(job_ref: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Pending lines become cancelled now; a running chunk stops at its next batch boundary."""
+    with session_scope(settings or get_settings()) as session:
+        job = _find(session, job_ref)
+        if job.status not in FINAL_JOB_STATUSES:
+            now = utcnow()
+            session.execute(update(Line).where(Line.job_id == job.id, Line.status == "pending")
+                            .values(status="cancelled", error="cancelled by user", finished_at=now))
+            job.status = "cancelled"
+            job.finished_at = now
+        session.flush()
+        return _describe(session, job)
+
+
+def wait(job_ref: str, settings: Settings | None = None, poll_seconds: float = 1.0,
+         on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Block until the job is final; returns its last description."""
+    settings = settings or get_settings()
+    while True:
+        info = status(job_ref, settings)
+        if on_progress:
+            on_progress(info)
+        if info["status"] in FINAL_JOB_STATUSES:
+            return info
+        time.sleep(poll_seconds)
+
+
+def results(job_ref: str, settings: Settings | None = None
+            ) -> tuple[dict[str, Any], Iterator[LineResult]]:
+    """The job's description and its lines in input order, streamed from the database."""
+    settings = settings or get_settings()
+    info = status(job_ref, settings)
+
+    def rows() -> Iterator[LineResult]:
+        with session_scope(settings) as session:
+            query = (select(Line.line_no, Line.custom_id, Line.kind, Line.status, Line.output,
+                            Line.finish_reason, Line.error, Line.prompt_tokens,
+                            Line.completion_tokens)
+                     .where(Line.job_id == info["id"]).order_by(Line.line_no)
+                     .execution_options(yield_per=1000))
+            for row in session.execute(query):
+                yield LineResult(*row)
+
+    return info, rows()
+
+
+def finish_job_if_done(session, job_id: str) -> str | None:
+    """Called after lines change: when none is open, the job takes its final status."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status in FINAL_JOB_STATUSES:
+        return None
+    counts = _counts(session, job_id)
+    if counts["pending"]:
+        return None
+    job.status = "failed" if counts["failed"] else "completed"
+    job.finished_at = utcnow()
+    return job.status
+
+
+def is_final(status_name: str) -> bool:
+    return status_name in FINAL_JOB_STATUSES or status_name in FINAL_LINE_STATUSES
+
+
+__all__ = ["BatchqError", "JobSettings", "cancel", "list_jobs", "results", "status", "submit",
+           "wait"]
+
+
+def chunk_ids(job_ref: str, settings: Settings | None = None) -> list[int]:
+    with session_scope(settings or get_settings()) as session:
+        job = _find(session, job_ref)
+        return list(session.scalars(select(Chunk.id).where(Chunk.job_id == job.id)
+                                    .order_by(Chunk.seq)))

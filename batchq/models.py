@@ -1,0 +1,122 @@
+"""Tables. The schema changes only through migrations/; tests prove the two agree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+LINE_STATUSES = ("pending", "succeeded", "failed", "cancelled")
+CHUNK_STATUSES = ("queued", "running", "done")
+FINAL_LINE_STATUSES = ("succeeded", "failed", "cancelled")
+
+# SQLite stores BIGINT primary keys only as INTEGER aliases of the rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"status IN {JOB_STATUSES}", name="status"),
+        Index("ix_jobs_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(Text)  # the file it came from, for people
+    model: Mapped[str] = mapped_column(Text)
+    quant: Mapped[str] = mapped_column(String(8))
+    queue: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    settings: Mapped[str] = mapped_column(Text)  # JSON: the job-level generation settings
+    total_lines: Mapped[int] = mapped_column(Integer)
+    total_chunks: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Chunk(Base):
+    """A contiguous run of a job's lines; one Celery message, one unit of claiming."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        CheckConstraint(f"status IN {CHUNK_STATUSES}", name="status"),
+        Index("ix_chunks_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)  # 1-based position in the job
+    first_line: Mapped[int] = mapped_column(Integer)
+    last_line: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Metrics of the generation that ran for this chunk, summed over its batches.
+    batches: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    padded_prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    decode_slots: Mapped[int] = mapped_column(BigInteger, default=0)
+    generate_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    peak_memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Line(Base):
+    """One input line: its request, its single final state and at most one output."""
+
+    __tablename__ = "lines"
+    __table_args__ = (
+        UniqueConstraint("job_id", "line_no"),
+        UniqueConstraint("job_id", "custom_id"),
+        CheckConstraint(f"status IN {LINE_STATUSES}", name="status"),
+        Index("ix_lines_job_id_status", "job_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    line_no: Mapped[int] = mapped_column(Integer)  # 1-based line number in the input file
+    custom_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(24))  # prompt | messages | openai-chat | openai-completion
+    request: Mapped[str] = mapped_column(Text)  # JSON of the normalised request
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    output: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
