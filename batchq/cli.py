@@ -37,6 +37,10 @@ class BatchqGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"batchq: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            # `batchq results JOB | head`: the reader left; that is not an error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except KeyboardInterrupt:
             click.echo("batchq: interrupted", err=True)
             ctx.exit(130)

@@ -238,7 +238,9 @@ def _describe(session, job: Job) -> dict[str, Any]:
         func.coalesce(func.sum(Chunk.batches), 0),
         func.coalesce(func.max(Chunk.peak_memory_bytes), 0),
     ).where(Chunk.job_id == job.id)).one()
-    prompt, padded, completion, slots, gen_seconds, batches, peak = totals
+    # PostgreSQL sums BIGINT columns into NUMERIC: bring them back to Python ints.
+    prompt, padded, completion, slots, batches, peak = (int(v) for v in (*totals[:4], *totals[5:]))
+    gen_seconds = float(totals[4])
     created, started, finished = aware(job.created_at), aware(job.started_at), aware(job.finished_at)
     end = finished or utcnow()
     elapsed = (end - started).total_seconds() if started else None

@@ -97,5 +97,5 @@ def resolve(model: str, quant: str | None = None) -> Variant:
         if not (path / "config.json").is_file():
             raise NotFound(f"model directory {str(path)!r} has no config.json")
         return Variant(str(path.resolve()), quant or "none", _local_slug(path.resolve()))
-    slug = re.sub(r"[^a-z0-9.-]+", "-", key.lower().replace("/", "--"))
+    slug = re.sub(r"[^a-z0-9._-]+", "-", key.lower().replace("/", "--"))
     return Variant(key, quant or "none", slug)

@@ -1,0 +1,3 @@
+from batchq.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""Line formats in, result formats out: every accepted shape and every refusal a user can meet."""
+
+import io
+import json
+
+import pytest
+
+from batchq.inputs import LineError, LineResult, iter_raw_lines, parse_line, render_result
+
+
+def parse(obj, line_no=1):
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return parse_line(raw, line_no)
+
+
+def test_prompt_line_becomes_one_user_message_with_default_id():
+    r = parse({"prompt": "Hi there", "max_tokens": 7, "temperature": 0.5}, line_no=12)
+    assert r.custom_id == "line-12"
+    assert r.kind == "prompt"
+    assert r.messages == [{"role": "user", "content": "Hi there"}]
+    assert r.params == {"max_new_tokens": 7, "temperature": 0.5}
+
+
+def test_messages_line_keeps_roles_and_joins_text_parts():
+    r = parse({"custom_id": "a", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]},
+    ], "stop": "\n", "seed": 3, "top_p": 0.9, "max_new_tokens": 4})
+    assert r.kind == "messages"
+    assert r.messages[1] == {"role": "user", "content": "Hello"}
+    assert r.params == {"max_new_tokens": 4, "top_p": 0.9, "seed": 3, "stop": ["\n"]}
+
+
+def test_openai_chat_and_completion_lines():
+    chat = parse({"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": "gpt", "messages": [{"role": "user", "content": "x"}],
+                           "max_completion_tokens": 9}})
+    assert (chat.kind, chat.params) == ("openai-chat", {"max_new_tokens": 9})
+    comp = parse({"custom_id": "c2", "method": "POST", "url": "/v1/completions",
+                  "body": {"prompt": "Once", "max_tokens": 3}})
+    assert (comp.kind, comp.text, comp.messages) == ("openai-completion", "Once", None)
+
+
+def test_request_survives_storage_roundtrip():
+    from batchq.inputs import Request
+
+    r = parse({"custom_id": "z", "messages": [{"role": "user", "content": "é\u0000x"}], "stop": ["a", "b"]})
+    back = Request.from_row(r.custom_id, r.kind, r.to_json())
+    assert back == r
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (b"{not json", "invalid JSON"),
+    (b"\xff\xfe", "not valid UTF-8"),
+    (b"[1, 2]", "expected a JSON object, got a list"),
+    (b'{"prompt": NaN}', "numbers must be finite"),
+    (b'{"prompt": ""}', "field 'prompt' is empty"),
+    (b'{"prompt": 5}', "field 'prompt': expected a string, got an integer"),
+    (b'{"messages": []}', "non-empty list"),
+    (b'{"messages": [{"role": "robot", "content": "x"}]}', "messages[0].role"),
+    (b'{"prompt": "x", "messages": [{"role": "user", "content": "x"}]}', "not both"),
+    (b'{"prompt": "x", "max_tokens": 0}', "max_tokens': 0 is outside"),
+    (b'{"prompt": "x", "max_tokens": 2.5}', "expected an integer"),
+    (b'{"prompt": "x", "temperature": "hot"}', "temperature': expected a number"),
+    (b'{"prompt": "x", "max_tokens": 5, "max_new_tokens": 6}', "give only one of"),
+    (b'{"prompt": "x", "promt": "y"}', "unknown field 'promt'"),
+    (b'{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {}}', "only POST"),
+    (b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {}}', "unsupported '/v1/embeddings'"),
+    (b'{"method": "POST", "url": "/v1/completions", "body": {"prompt": "x"}}', "without 'custom_id'"),
+    (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "n": 2}}', "n=1"),
+    (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"prompt": "x"}}', "body.messages' is missing"),
+    (b'{"x": 1}', "unknown field 'x'"),
+    (b'{}', "missing 'prompt' or 'messages'"),
+])
+def test_bad_lines_are_refused_with_the_field_named(raw, fragment):
+    with pytest.raises(LineError) as info:
+        parse_line(raw, 1)
+    assert fragment in str(info.value)
+
+
+def test_raw_lines_skip_blanks_strip_bom_and_crlf_and_keep_numbers():
+    data = b'\xef\xbb\xbf{"prompt": "a"}\r\n\r\n   \n{"prompt": "b"}\n'
+    assert list(iter_raw_lines(io.BytesIO(data))) == [(1, b'{"prompt": "a"}'), (4, b'{"prompt": "b"}')]
+
+
+def _result(**kw):
+    base = dict(line_no=3, custom_id="c", kind="prompt", status="succeeded", output="hi",
+                finish_reason="stop", error=None, prompt_tokens=5, completion_tokens=2)
+    base.update(kw)
+    return LineResult(**base)
+
+
+def test_plain_result_shape():
+    assert render_result(_result(), "job", "m", 0) == {
+        "custom_id": "c", "status": "succeeded", "output": "hi", "finish_reason": "stop",
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}, "error": None}
+    failed = render_result(_result(status="failed", output=None, error="boom", completion_tokens=None),
+                           "job", "m", 0)
+    assert failed["error"] == {"code": "failed", "message": "boom"} and failed["usage"] is None
+
+
+def test_openai_result_shapes_are_stable_and_complete():
+    chat = render_result(_result(kind="openai-chat"), "job", "Qwen/x", 1700000000)
+    again = render_result(_result(kind="openai-chat"), "job", "Qwen/x", 1700000000)
+    assert chat == again  # ids derive from job and line: rewriting results changes nothing
+    assert chat["error"] is None and chat["id"].startswith("batch_req_")
+    body = chat["response"]["body"]
+    assert chat["response"]["status_code"] == 200
+    assert body["object"] == "chat.completion" and body["model"] == "Qwen/x"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "hi"}
+    assert body["usage"]["total_tokens"] == 7
+    comp = render_result(_result(kind="openai-completion"), "job", "m", 0)
+    assert comp["response"]["body"]["choices"][0]["text"] == "hi"
+    err = render_result(_result(kind="openai-chat", status="failed", error="too long"), "j", "m", 0)
+    assert err["response"] is None and err["error"] == {"code": "generation_failed", "message": "too long"}
