@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 unexpected error; 2 usage or configuration; 3 invalid input 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -331,27 +332,12 @@ def status(job, as_json, limit):
                    f"{info['metrics']['created_at']:<25}  {info['model']} ({info['quant']})")
 
 
-def _write_results(job: str, output: str | None, errors_file: str | None) -> dict[str, Any]:
-    from batchq.inputs import render_result
-
-    info, rows = jobs.results(job)
-    created = int(__import__("datetime").datetime.fromisoformat(
-        info["metrics"]["created_at"]).timestamp())
-    out = open(output, "w", encoding="utf-8") if output else sys.stdout
-    err = open(errors_file, "w", encoding="utf-8") if errors_file else out
-    counts = {"written": 0, "errors": 0}
-    try:
-        for row in rows:
-            target = err if row.status in ("failed", "cancelled") else out
-            target.write(json.dumps(render_result(row, info["id"], info["model"], created),
-                                    ensure_ascii=False) + "\n")
-            counts["errors" if target is err and err is not out else "written"] += 1
-    finally:
-        if output:
-            out.close()
-        if errors_file:
-            err.close()
-    return counts
+def _write_results(job: str, output: str | None, errors_file: str | None) -> dict[str, int]:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else sys.stdout
+        err = (stack.enter_context(open(errors_file, "w", encoding="utf-8"))
+               if errors_file else None)
+        return jobs.write_results(job, out, err)
 
 
 @cli.command()

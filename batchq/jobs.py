@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select, update
 
 from batchq.db import aware, session_scope, utcnow
 from batchq.errors import BatchqError, InputError, NotFound, ServiceUnavailable
-from batchq.inputs import LineError, LineResult, iter_raw_lines, parse_line
+from batchq.inputs import LineError, LineResult, iter_raw_lines, parse_line, render_result
 from batchq.models import FINAL_LINE_STATUSES, Chunk, Job, Line
 from batchq.settings import Settings, get_settings, redact
 from batchq.variants import resolve
@@ -323,6 +323,23 @@ def results(job_ref: str, settings: Settings | None = None
     return info, rows()
 
 
+def write_results(job_ref: str, out: IO[str], errors: IO[str] | None = None,
+                  settings: Settings | None = None) -> dict[str, int]:
+    """Write one JSON line per input line, in input order; failed and cancelled lines go to
+    `errors` when it is given. Returns how many lines went to each."""
+    from datetime import datetime
+
+    info, rows = results(job_ref, settings)
+    created = int(datetime.fromisoformat(info["metrics"]["created_at"]).timestamp())
+    counts = {"written": 0, "errors": 0}
+    for row in rows:
+        to_errors = errors is not None and row.status in ("failed", "cancelled")
+        line = render_result(row, info["id"], info["model"], created)
+        (errors if to_errors else out).write(json.dumps(line, ensure_ascii=False) + "\n")
+        counts["errors" if to_errors else "written"] += 1
+    return counts
+
+
 def finish_job_if_done(session, job_id: str) -> str | None:
     """Called after lines change: when none is open, the job takes its final status."""
     job = session.get(Job, job_id, with_for_update=True)
@@ -341,7 +358,7 @@ def is_final(status_name: str) -> bool:
 
 
 __all__ = ["BatchqError", "JobSettings", "cancel", "list_jobs", "results", "status", "submit",
-           "wait"]
+           "wait", "write_results"]
 
 
 def chunk_ids(job_ref: str, settings: Settings | None = None) -> list[int]:

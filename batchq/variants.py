@@ -92,7 +92,7 @@ def resolve(model: str, quant: str | None = None) -> Variant:
     looks_like_path = key.startswith((".", "/", "~")) or path.exists() or not _HF_ID.match(key)
     if looks_like_path:
         if not path.is_dir():
-            hint = "" if "/" in key else f" (`batchq models` lists the aliases)"
+            hint = "" if "/" in key else " (`batchq models` lists the aliases)"
             raise NotFound(f"model {key!r} is neither a catalogue alias nor an existing directory{hint}")
         if not (path / "config.json").is_file():
             raise NotFound(f"model directory {str(path)!r} has no config.json")
