@@ -170,20 +170,17 @@ def run(file, model, quant, max_new_tokens, temperature, top_p, name, gpu, outpu
     variant can help, and can finish it if this command is interrupted.
     """
     from batchq.variants import resolve
-    from batchq.worker import run_chunk
+    from batchq.worker import serve_job
 
     settings = get_settings()
     variant = resolve(model, quant)
-    with open(file, "rb") as stream:
-        jobs._validate(file, stream, settings)  # refuse a bad file before loading a model
+    jobs.validate_file(file, settings)  # refuse a bad file before a long model load
     runtime = _load_runtime(variant, gpu, settings, profile={})
     job_id = jobs.submit(file, model, quant, name=name, settings=settings,
                          job_settings=_job_settings(max_new_tokens, temperature, top_p))
     click.echo(f"job {job_id}", err=True)
     show = _progress_printer()
-    for chunk_id in jobs.chunk_ids(job_id, settings):
-        run_chunk(chunk_id, runtime)
-        show(jobs.status(job_id, settings))
+    serve_job(job_id, runtime, on_chunk=show)
     info = jobs.wait(job_id, settings, on_progress=show)
     _write_results(job_id, output, errors_file)
     _final_exit(info)

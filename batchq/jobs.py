@@ -107,6 +107,16 @@ def _validate(name: str, stream: IO[bytes], settings: Settings) -> int:
     return accepted
 
 
+def validate_file(path: str, settings: Settings | None = None) -> int:
+    """Check every line of a file without storing anything; returns the number of lines.
+
+    Raises InputError naming each bad line (the first 20, then a count).
+    """
+    settings = settings or get_settings()
+    with _open_input(path) as (source, reopen), reopen() as stream:
+        return _validate(source, stream, settings)
+
+
 def check_broker(settings: Settings) -> None:
     from batchq.celery_app import app_for
 
@@ -357,8 +367,8 @@ def is_final(status_name: str) -> bool:
     return status_name in FINAL_JOB_STATUSES or status_name in FINAL_LINE_STATUSES
 
 
-__all__ = ["BatchqError", "JobSettings", "cancel", "list_jobs", "results", "status", "submit",
-           "wait", "write_results"]
+__all__ = ["BatchqError", "JobSettings", "cancel", "chunk_ids", "list_jobs", "results", "status",
+           "submit", "validate_file", "wait", "write_results"]
 
 
 def chunk_ids(job_ref: str, settings: Settings | None = None) -> list[int]:

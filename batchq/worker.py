@@ -179,3 +179,14 @@ def run_chunk(chunk_id: int, runtime: WorkerRuntime, task: Any = None) -> dict[s
         summary["cancelled"] = True
     log.info("%s finished: %s", label, summary)
     return summary
+
+
+def serve_job(job_id: str, runtime: WorkerRuntime, on_chunk=None) -> None:
+    """Run every chunk of one job in this process (`batchq run`), through the same claim path
+    as a queued message, so a concurrent worker and a later redelivery are both harmless."""
+    from batchq.jobs import chunk_ids, status
+
+    for chunk_id in chunk_ids(job_id, runtime.settings):
+        run_chunk(chunk_id, runtime)
+        if on_chunk is not None:
+            on_chunk(status(job_id, runtime.settings))

@@ -212,7 +212,7 @@ def test_cancel_marks_pending_lines_and_keeps_the_job_final(services_env, tiny_m
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(5)])
     job = batchq("submit", str(data), "--model", str(tiny_model), "--quant", "nf4",
                  env=services_env).stdout.strip()  # no nf4 worker runs in this test
-    res = batchq("cancel", job, env=services_env)
+    res = batchq("cancel", job[:10], env=services_env)
     assert res.returncode == 0 and "cancelled: 0 succeeded, 0 failed, 5 cancelled" in res.stdout
     lines = [json.loads(x) for x in batchq("results", job, env=services_env).stdout.splitlines()]
     assert [x["status"] for x in lines] == ["cancelled"] * 5
@@ -243,3 +243,27 @@ def test_submit_then_worker_on_the_embedded_default(embedded_env, start_worker, 
                     "--wait", env=embedded_env)
     assert waited.returncode == 0, waited.stderr
     assert json.loads(batchq("status", job, "--json", env=embedded_env).stdout)["status"] == "completed"
+
+
+@pytest.mark.services
+def test_broker_messages_carry_chunk_ids_and_never_prompt_text(services_env, tiny_model, tmp_path):
+    import base64
+
+    import redis
+
+    secret = "the-secret-prompt-text-7731"
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"{secret} {i}"} for i in range(3)])
+    env = {**services_env, "BATCHQ_CHUNK_SIZE": "2"}
+    job = batchq("submit", str(data), "--model", str(tiny_model), "--quant", "int8",
+                 "--name", "no-worker", env=env)
+    assert job.returncode == 0, job.stderr
+    queue = json.loads(batchq("status", job.stdout.strip(), "--json", env=env).stdout)["queue"]
+    raw = redis.Redis.from_url(services_env["BATCHQ_BROKER_URL"]).lrange(queue, 0, -1)
+    assert len(raw) >= 2
+    for message in raw:
+        envelope = json.loads(message)
+        assert envelope["content-type"] == "application/json"
+        args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+        assert kwargs == {} and len(args) == 1 and isinstance(args[0], int)
+        assert secret not in message.decode() and secret not in base64.b64decode(envelope["body"]).decode()
+    batchq("cancel", job.stdout.strip(), env=env)
