@@ -97,6 +97,13 @@ def _generation_options(f):
     return f
 
 
+def _output_options(f):
+    f = click.option("--errors", "errors_file", type=click.Path(dir_okay=False, writable=True),
+                     help="Write failed and cancelled lines here instead of with the results.")(f)
+    return click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+                        help="Write results here instead of stdout.")(f)
+
+
 def _job_settings(max_new_tokens, temperature, top_p) -> jobs.JobSettings:
     return jobs.JobSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
@@ -159,10 +166,7 @@ def submit(file, model, quant, max_new_tokens, temperature, top_p, name, wait):
 @_generation_options
 @click.option("--name", help="A name to recognise the job by.")
 @click.option("--gpu", type=click.IntRange(0), default=None, help="GPU index (default: 0 if any).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write results here instead of stdout.")
-@click.option("--errors", "errors_file", type=click.Path(dir_okay=False, writable=True),
-              help="Write failed and cancelled lines here instead of with the results.")
+@_output_options
 def run(file, model, quant, max_new_tokens, temperature, top_p, name, gpu, output, errors_file):
     """Submit FILE and serve it with an in-process worker until it is final; write the results.
 
@@ -339,10 +343,7 @@ def _write_results(job: str, output: str | None, errors_file: str | None) -> dic
 
 @cli.command()
 @click.argument("job")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write results here instead of stdout.")
-@click.option("--errors", "errors_file", type=click.Path(dir_okay=False, writable=True),
-              help="Write failed and cancelled lines here instead of with the results.")
+@_output_options
 def results(job, output, errors_file):
     """JOB's results as JSONL, one line per input line, in input order (also while it runs)."""
     info = jobs.status(job)
