@@ -44,11 +44,11 @@ def make_app(settings: Settings) -> Celery:
         enable_utc=True,
     )
 
-    @app.task(name=RUN_CHUNK, bind=True)
-    def run_chunk(task, chunk_id: int) -> dict:
+    @app.task(name=RUN_CHUNK)
+    def run_chunk(chunk_id: int) -> dict:
         from batchq.worker import handle_chunk
 
-        return handle_chunk(chunk_id, task)
+        return handle_chunk(chunk_id)
 
     return app
 

@@ -333,7 +333,8 @@ def status(job, as_json, limit):
                    f"{info['metrics']['created_at']:<25}  {info['model']} ({info['quant']})")
 
 
-def _write_results(job: str, output: str | None, errors_file: str | None) -> dict[str, int]:
+def _write_results(job: str, output: str | None, errors_file: str | None
+                   ) -> tuple[dict[str, Any], dict[str, int]]:
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else sys.stdout
         err = (stack.enter_context(open(errors_file, "w", encoding="utf-8"))
@@ -346,8 +347,7 @@ def _write_results(job: str, output: str | None, errors_file: str | None) -> dic
 @_output_options
 def results(job, output, errors_file):
     """JOB's results as JSONL, one line per input line, in input order (also while it runs)."""
-    info = jobs.status(job)
-    counts = _write_results(job, output, errors_file)
+    info, counts = _write_results(job, output, errors_file)
     if info["status"] not in jobs.FINAL_JOB_STATUSES:
         click.echo(f"batchq: job {info['id'][:12]} is {info['status']}: "
                    f"{info['counts']['pending']} line(s) still pending", err=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -138,6 +138,3 @@ def session_scope(settings: Settings) -> Iterator[Session]:
     except OperationalError as exc:
         raise ServiceUnavailable(_unreachable(settings.database_url, exc)) from exc
 
-
-def table_names(url: str) -> set[str]:
-    return set(inspect(get_engine(url)).get_table_names())

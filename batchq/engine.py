@@ -71,12 +71,6 @@ class BatchStats:
     seconds: float = 0.0
     peak_memory_bytes: int = 0
 
-    def add(self, other: BatchStats) -> None:
-        for name in ("rows", "prompt_tokens", "padded_prompt_tokens", "completion_tokens",
-                     "decode_slots", "seconds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.peak_memory_bytes = max(self.peak_memory_bytes, other.peak_memory_bytes)
-
 
 @dataclass
 class BatchOutput:

@@ -20,7 +20,7 @@ from sqlalchemy import func, insert, select, update
 from batchq.db import aware, session_scope, utcnow
 from batchq.errors import BatchqError, InputError, NotFound, ServiceUnavailable
 from batchq.inputs import LineError, LineResult, iter_raw_lines, parse_line, render_result
-from batchq.models import FINAL_LINE_STATUSES, Chunk, Job, Line
+from batchq.models import Chunk, Job, Line
 from batchq.settings import Settings, get_settings, redact
 from batchq.variants import resolve
 
@@ -334,9 +334,9 @@ def results(job_ref: str, settings: Settings | None = None
 
 
 def write_results(job_ref: str, out: IO[str], errors: IO[str] | None = None,
-                  settings: Settings | None = None) -> dict[str, int]:
+                  settings: Settings | None = None) -> tuple[dict[str, Any], dict[str, int]]:
     """Write one JSON line per input line, in input order; failed and cancelled lines go to
-    `errors` when it is given. Returns how many lines went to each."""
+    `errors` when it is given. Returns the job's description and how many lines went where."""
     from datetime import datetime
 
     info, rows = results(job_ref, settings)
@@ -347,7 +347,7 @@ def write_results(job_ref: str, out: IO[str], errors: IO[str] | None = None,
         line = render_result(row, info["id"], info["model"], created)
         (errors if to_errors else out).write(json.dumps(line, ensure_ascii=False) + "\n")
         counts["errors" if to_errors else "written"] += 1
-    return counts
+    return info, counts
 
 
 def finish_job_if_done(session, job_id: str) -> str | None:
@@ -361,10 +361,6 @@ def finish_job_if_done(session, job_id: str) -> str | None:
     job.status = "failed" if counts["failed"] else "completed"
     job.finished_at = utcnow()
     return job.status
-
-
-def is_final(status_name: str) -> bool:
-    return status_name in FINAL_JOB_STATUSES or status_name in FINAL_LINE_STATUSES
 
 
 __all__ = ["BatchqError", "JobSettings", "cancel", "chunk_ids", "list_jobs", "results", "status",

@@ -30,7 +30,6 @@ NAMING = {
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 LINE_STATUSES = ("pending", "succeeded", "failed", "cancelled")
 CHUNK_STATUSES = ("queued", "running", "done")
-FINAL_LINE_STATUSES = ("succeeded", "failed", "cancelled")
 
 # SQLite stores BIGINT primary keys only as INTEGER aliases of the rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")

@@ -47,11 +47,11 @@ def start_runtime(engine: Engine, variant: Variant, settings: Settings,
     return _runtime
 
 
-def handle_chunk(chunk_id: int, task: Any = None) -> dict[str, Any]:
+def handle_chunk(chunk_id: int) -> dict[str, Any]:
     """The Celery task body. Returns a summary, which Flower shows as the task's result."""
     if _runtime is None:
         raise RuntimeError("this process has no loaded model; start it with `batchq worker`")
-    return run_chunk(chunk_id, _runtime, task)
+    return run_chunk(chunk_id, _runtime)
 
 
 def _claim(chunk_id: int, runtime: WorkerRuntime) -> tuple[Job, Chunk, list[Line]] | str:
@@ -147,7 +147,7 @@ def _finish(chunk: Chunk, runtime: WorkerRuntime) -> None:
         log.info("job %s %s", chunk.job_id, final)
 
 
-def run_chunk(chunk_id: int, runtime: WorkerRuntime, task: Any = None) -> dict[str, Any]:
+def run_chunk(chunk_id: int, runtime: WorkerRuntime) -> dict[str, Any]:
     claim = _claim(chunk_id, runtime)
     if isinstance(claim, str):
         log.info("chunk %s skipped: %s", chunk_id, claim)

@@ -44,13 +44,6 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer(tiny_model):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
-@pytest.fixture(scope="session")
 def pg_url() -> str:
     """A fresh, migrated PostgreSQL database for this test session."""
     if not _port_open("127.0.0.1", 5432):
