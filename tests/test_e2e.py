@@ -236,13 +236,20 @@ def test_run_on_the_embedded_default(embedded_env, tiny_model, tmp_path):
 
 def test_submit_then_worker_on_the_embedded_default(embedded_env, start_worker, tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "one"}, {"prompt": "two"}])
-    job = batchq("submit", str(data), "--model", str(tiny_model), "--max-new-tokens", "4",
-                 env=embedded_env).stdout.strip()
+    # '-' reads the file from stdin; it is spooled, validated and stored like a file.
+    piped = batchq("submit", "-", "--model", str(tiny_model), "--max-new-tokens", "4",
+                   env=embedded_env, input=data.read_text())
+    assert piped.returncode == 0, piped.stderr
+    job = piped.stdout.strip()
+    bad = batchq("submit", "-", "--model", str(tiny_model), env=embedded_env, input='{"prompt": "a"}\n{oops\n')
+    assert bad.returncode == 3 and "<stdin>:2: invalid JSON" in bad.stderr
     start_worker("--model", str(tiny_model), env=embedded_env)
     waited = batchq("submit", str(data), "--model", str(tiny_model), "--max-new-tokens", "4",
                     "--wait", env=embedded_env)
     assert waited.returncode == 0, waited.stderr
-    assert json.loads(batchq("status", job, "--json", env=embedded_env).stdout)["status"] == "completed"
+    done = json.loads(batchq("status", job, "--json", env=embedded_env).stdout)
+    assert done["status"] == "completed" and done["source"] == "<stdin>"
+    assert done["counts"]["completed"] == 2
 
 
 @pytest.mark.services
