@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from batchq import jobs
+from batchq.engine import STRATEGIES
 from batchq.errors import BatchqError, ConfigError, JobNotCompleted
 from batchq.settings import get_settings, redact
 
@@ -203,12 +204,18 @@ def _read_profile(path: str | None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     section = data.get("worker", {})
-    allowed = {"model", "quant", "gpu", "max_batch_tokens", "max_batch_rows", "name"}
+    allowed = {"model", "quant", "gpu", "max_batch_tokens", "max_batch_rows", "strategy", "name"}
     unknown = set(section) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in [worker]: {', '.join(sorted(unknown))} "
                           f"(allowed: {', '.join(sorted(allowed))})")
     return section
+
+
+_strategy_option = click.option(
+    "--strategy", type=click.Choice(STRATEGIES), default=None,
+    help="Batching strategy (default: the fastest measured for the device; see README). "
+         "naive is the tutorial loop, kept as a baseline.")
 
 
 def _load_runtime(variant, gpu, settings, profile):
@@ -229,7 +236,7 @@ def _load_runtime(variant, gpu, settings, profile):
                    err=True)
     budget = BatchBudget(max_tokens=int(profile.get("max_batch_tokens", BatchBudget.max_tokens)),
                          max_rows=int(profile.get("max_batch_rows", BatchBudget.max_rows)))
-    engine = Engine.load(variant.model, variant.quant, device, budget)
+    engine = Engine.load(variant.model, variant.quant, device, budget, profile.get("strategy"))
     return start_runtime(engine, variant, settings)
 
 
@@ -243,8 +250,9 @@ def _load_runtime(variant, gpu, settings, profile):
               help="Token budget of one GPU batch: rows x (padded prompt + new tokens).")
 @click.option("--max-batch-rows", type=click.IntRange(1), default=None,
               help="Most prompts in one GPU batch.")
+@_strategy_option
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(model, quant, gpu, profile, max_batch_tokens, max_batch_rows, loglevel):
+def worker(model, quant, gpu, profile, max_batch_tokens, max_batch_rows, strategy, loglevel):
     """A Celery worker pinned to one variant (model + quantization) and one GPU."""
     from batchq.celery_app import app_for
     from batchq.variants import resolve
@@ -255,7 +263,8 @@ def worker(model, quant, gpu, profile, max_batch_tokens, max_batch_rows, logleve
         raise ConfigError("give --model or a --profile that names one")
     quant = quant or prof.get("quant")
     gpu = gpu if gpu is not None else prof.get("gpu")
-    for key, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_rows", max_batch_rows)):
+    for key, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_rows", max_batch_rows),
+                       ("strategy", strategy)):
         if value is not None:
             prof[key] = value
     settings = get_settings()

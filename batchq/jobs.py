@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import uuid
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from typing import IO, Any
 
 from sqlalchemy import func, insert, select, update
 
+from batchq.batching import order_key
 from batchq.db import aware, session_scope, utcnow
+from batchq.engine import DEFAULT_MAX_NEW_TOKENS
 from batchq.errors import BatchqError, InputError, NotFound, ServiceUnavailable
-from batchq.inputs import LineError, LineResult, iter_raw_lines, parse_line, render_result
+from batchq.inputs import LineError, LineResult, Request, iter_raw_lines, parse_line, render_result
 from batchq.models import Chunk, Job, Line
 from batchq.settings import Settings, get_settings, redact
 from batchq.variants import resolve
@@ -75,8 +78,16 @@ class _Unclosed:
         pass
 
 
-def _validate(name: str, stream: IO[bytes], settings: Settings) -> int:
-    """First pass: every line checked, nothing kept but counts and id digests."""
+def _size_key(request: Request, default_limit: int) -> int:
+    """A line's place in length order, packed in one int (planner's key, characters for tokens)."""
+    chars = len(request.text or "") + sum(len(m.get("content", "")) for m in request.messages or ())
+    bucket, length = order_key(chars, request.params.get("max_new_tokens", default_limit))
+    return (bucket << 40) | min(length, (1 << 40) - 1)
+
+
+def _validate(name: str, stream: IO[bytes], settings: Settings,
+              sizes: array | None = None, default_limit: int = DEFAULT_MAX_NEW_TOKENS) -> int:
+    """First pass: every line checked, nothing kept but counts, id digests and size keys."""
     problems: list[str] = []
     bad = 0
     accepted = 0
@@ -93,6 +104,8 @@ def _validate(name: str, stream: IO[bytes], settings: Settings) -> int:
                                 f"(first used on line {seen[digest]})")
             seen[digest] = line_no
             accepted += 1
+            if sizes is not None:
+                sizes.append(_size_key(request, default_limit))
         except LineError as exc:
             bad += 1
             if len(problems) < MAX_PROBLEMS_SHOWN:
@@ -138,13 +151,16 @@ def submit(path: str, model: str, quant: str | None = None, *,
     settings = settings or get_settings()
     variant = resolve(model, quant)
     job_settings = job_settings or JobSettings()
+    default_limit = job_settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     with _open_input(path) as (source, reopen):
+        sizes = array("q")
         with reopen() as stream:
-            total = _validate(source, stream, settings)
+            total = _validate(source, stream, settings, sizes, default_limit)
+        chunk_of = _chunk_by_size(sizes, settings.chunk_size)
+        del sizes
         check_broker(settings)
         job_id = uuid.uuid4().hex
         now = utcnow()
-        chunks: list[dict[str, Any]] = []
         with session_scope(settings) as session:
             session.add(Job(
                 id=job_id, name=name, source=source, model=variant.model, quant=variant.quant,
@@ -152,33 +168,43 @@ def submit(path: str, model: str, quant: str | None = None, *,
                 total_lines=total, total_chunks=0, created_at=now))
             session.flush()
             rows: list[dict[str, Any]] = []
-            in_chunk: list[int] = []
+            spans: dict[int, list[int]] = {}  # chunk seq -> [first line, last line]
             with reopen() as stream:
-                for line_no, raw in iter_raw_lines(stream):
+                for index, (line_no, raw) in enumerate(iter_raw_lines(stream)):
                     request = parse_line(raw, line_no)
-                    rows.append({"job_id": job_id, "line_no": line_no,
+                    seq = chunk_of[index]
+                    spans.setdefault(seq, [line_no, line_no])[1] = line_no
+                    rows.append({"job_id": job_id, "line_no": line_no, "chunk_seq": seq,
                                  "custom_id": request.custom_id, "kind": request.kind,
                                  "request": request.to_json(), "status": "pending",
                                  "attempts": 0, "created_at": now})
-                    in_chunk.append(line_no)
-                    if len(in_chunk) == settings.chunk_size:
-                        chunks.append(_chunk_row(job_id, len(chunks) + 1, in_chunk))
-                        in_chunk = []
                     if len(rows) >= INSERT_BATCH:
                         session.execute(insert(Line), rows)
                         rows = []
             if rows:
                 session.execute(insert(Line), rows)
-            if in_chunk:
-                chunks.append(_chunk_row(job_id, len(chunks) + 1, in_chunk))
+            chunks = [_chunk_row(job_id, seq, *spans[seq]) for seq in sorted(spans)]
             session.execute(insert(Chunk), chunks)
             session.execute(update(Job).where(Job.id == job_id).values(total_chunks=len(chunks)))
         enqueue_chunks(job_id, settings)
     return job_id
 
 
-def _chunk_row(job_id: str, seq: int, line_nos: list[int]) -> dict[str, Any]:
-    return {"job_id": job_id, "seq": seq, "first_line": line_nos[0], "last_line": line_nos[-1],
+def _chunk_by_size(sizes: array, chunk_size: int) -> array:
+    """Chunk seq of each accepted line (in file order): largest lines first, chunk_size a chunk.
+
+    Lines of similar length and output limit share a chunk, so the worker's batches pad little;
+    the largest chunks run first, so memory trouble shows early rather than at the end.
+    """
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -i), reverse=True)
+    chunk_of = array("i", bytes(4 * len(sizes)))
+    for position, index in enumerate(order):
+        chunk_of[index] = position // chunk_size + 1
+    return chunk_of
+
+
+def _chunk_row(job_id: str, seq: int, first_line: int, last_line: int) -> dict[str, Any]:
+    return {"job_id": job_id, "seq": seq, "first_line": first_line, "last_line": last_line,
             "status": "queued", "attempts": 0, "batches": 0, "prompt_tokens": 0,
             "padded_prompt_tokens": 0, "completion_tokens": 0, "decode_slots": 0,
             "generate_seconds": 0.0, "peak_memory_bytes": 0}

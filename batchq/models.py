@@ -62,7 +62,11 @@ class Job(Base):
 
 
 class Chunk(Base):
-    """A contiguous run of a job's lines; one Celery message, one unit of claiming."""
+    """A group of a job's lines of similar length; one Celery message, one unit of claiming.
+
+    Its lines are those whose chunk_seq is its seq; first_line and last_line are their span,
+    for people (a chunk's lines are not contiguous: submit groups them by length).
+    """
 
     __tablename__ = "chunks"
     __table_args__ = (
@@ -101,11 +105,13 @@ class Line(Base):
         UniqueConstraint("job_id", "custom_id"),
         CheckConstraint(f"status IN {LINE_STATUSES}", name="status"),
         Index("ix_lines_job_id_status", "job_id", "status"),
+        Index("ix_lines_job_id_chunk_seq", "job_id", "chunk_seq"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     line_no: Mapped[int] = mapped_column(Integer)  # 1-based line number in the input file
+    chunk_seq: Mapped[int] = mapped_column(Integer)  # the seq of the chunk that runs it
     custom_id: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(24))  # prompt | messages | openai-chat | openai-completion
     request: Mapped[str] = mapped_column(Text)  # JSON of the normalised request

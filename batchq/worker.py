@@ -83,8 +83,8 @@ def _claim(chunk_id: int, runtime: WorkerRuntime) -> tuple[Job, Chunk, list[Line
             job.status = "running"
             job.started_at = now
         lines = session.scalars(
-            select(Line).where(Line.job_id == job.id, Line.status == "pending",
-                               Line.line_no.between(chunk.first_line, chunk.last_line))
+            select(Line).where(Line.job_id == job.id, Line.chunk_seq == chunk.seq,
+                               Line.status == "pending")
             .order_by(Line.line_no)).all()
         session.execute(update(Line).where(Line.id.in_([line.id for line in lines]))
                         .values(attempts=Line.attempts + 1, started_at=now))
@@ -133,8 +133,7 @@ def _record(output: BatchOutput, chunk_id: int, job_id: str, runtime: WorkerRunt
 def _fail_open_lines(chunk: Chunk, runtime: WorkerRuntime, reason: str) -> None:
     with session_scope(runtime.settings) as session:
         session.execute(update(Line).where(
-            Line.job_id == chunk.job_id, Line.status == "pending",
-            Line.line_no.between(chunk.first_line, chunk.last_line))
+            Line.job_id == chunk.job_id, Line.chunk_seq == chunk.seq, Line.status == "pending")
             .values(status="failed", error=reason, finished_at=utcnow()))
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from batchq.batching import BatchBudget
-from batchq.engine import Engine, GenerationSettings, PromptIn
+from batchq.engine import STRATEGIES, Engine, GenerationSettings, PromptIn
 
 PROMPTS = ["Hi", "Tell me a long story about a queue " * 6, "2+2?", "Translate 'cat' to French.",
            "List three colours, one per line, and then explain why each one is nice. " * 3]
@@ -36,7 +36,7 @@ def test_greedy_output_of_a_padded_batch_equals_each_prompt_alone(engine):
         assert batched[p.key].prompt_tokens == len(engine.encode(p))
 
 
-def test_each_line_stops_at_its_own_limit_and_settings_never_mix(engine):
+def test_each_line_stops_at_its_own_limit_and_sampling_settings_never_mix(engine):
     prompts = [chat(0, "a", max_new_tokens=3), chat(1, "b", max_new_tokens=9),
                chat(2, "c", max_new_tokens=3, temperature=0.7, seed=1)]
     stats = []
@@ -44,7 +44,11 @@ def test_each_line_stops_at_its_own_limit_and_settings_never_mix(engine):
     for batch in engine.generate(prompts):
         stats.append(batch.stats.rows)
         out.update({c.key: c for c in batch.completions})
-    assert stats == [1, 1, 1]  # three settings, three generate calls
+    assert stats == [2, 1]  # limits share a batch; sampling settings never do
+    for p in prompts[:2]:
+        alone = run(engine, [p])[p.key]
+        assert (out[p.key].text, out[p.key].completion_tokens) == (alone.text,
+                                                                  alone.completion_tokens)
     assert out[0].completion_tokens <= 3 and out[1].completion_tokens <= 9
     assert {c.finish_reason for c in out.values()} <= {"stop", "length"}
 
@@ -74,3 +78,78 @@ def test_quantized_variants_load_and_generate(tiny_model, quant):
     assert type(layer).__name__ == expected
     out = run(engine, [chat(0, "Hello"), chat(1, "How are you today, friend?")])
     assert all(c.error is None and c.text and c.completion_tokens > 0 for c in out.values())
+
+
+MIXED = [("Hi", 5), ("Tell me a long story about a queue " * 6, 17), ("2+2?", 30),
+         ("Translate 'cat' to French.", 9), ("List three colours. " * 8, 24), ("Why?", 2),
+         ("Explain batching to a child in simple words please.", 13)]
+
+
+@pytest.mark.parametrize("ignore_eos", [False, True])
+def test_every_strategy_gives_the_same_greedy_outputs(tiny_model, ignore_eos):
+    prompts = [chat(i, text, max_new_tokens=limit) for i, (text, limit) in enumerate(MIXED)]
+    results = {}
+    for strategy in STRATEGIES:
+        e = Engine.load(str(tiny_model), "none", "cpu", BatchBudget(max_tokens=900, max_rows=4),
+                        strategy)
+        e.ignore_eos = ignore_eos
+        outputs = list(e.generate(prompts))
+        results[strategy] = {c.key: (c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)
+                             for o in outputs for c in o.completions}
+        assert sum(o.stats.completion_tokens for o in outputs) == sum(
+            r[3] for r in results[strategy].values())
+        if ignore_eos:  # every row generates exactly its own limit
+            assert [results[strategy][i][3] for i in range(len(MIXED))] == [m for _, m in MIXED]
+    assert results["static"] == results["naive"] == results["continuous"]
+    assert len(results["static"]) == len(MIXED)
+
+
+def test_static_batches_respect_the_budget_and_waste_less_than_naive(tiny_model):
+    prompts = [chat(i, text, max_new_tokens=limit) for i, (text, limit) in enumerate(MIXED)]
+    budget = BatchBudget(max_tokens=300, max_rows=3)
+    waste = {}
+    for strategy in ("static", "naive"):
+        e = Engine.load(str(tiny_model), "none", "cpu", budget, strategy)
+        e.ignore_eos = True
+        outputs = list(e.generate(prompts))
+        waste[strategy] = sum(o.stats.decode_slots - o.stats.completion_tokens for o in outputs)
+        if strategy == "static":
+            for o in outputs:
+                width = o.stats.padded_prompt_tokens // o.stats.rows
+                longest = max(MIXED[c.key][1] for c in o.completions)
+                assert o.stats.rows <= budget.max_rows
+                assert o.stats.rows == 1 or o.stats.rows * (width + longest) <= budget.max_tokens
+    assert waste["static"] < waste["naive"]
+
+
+def test_out_of_memory_splits_the_batch_and_later_batches_stay_small(tiny_model, monkeypatch):
+    import torch
+
+    e = Engine.load(str(tiny_model), "none", "cpu", BatchBudget(max_tokens=10**6, max_rows=8),
+                    "static")
+    prompts = [chat(i, text, max_new_tokens=6) for i, (text, _) in enumerate(MIXED)]
+    expected = {k: c.text for k, c in run(e, prompts).items()}
+    real_generate = e.model.generate
+    seen_rows = []
+
+    def generate_on_a_small_gpu(*args, **kwargs):
+        rows, width = kwargs["input_ids"].shape
+        seen_rows.append(rows)
+        if rows > 2 or width > 60:  # a batch over 2 rows, or one very long prompt, "does not fit"
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(e.model, "generate", generate_on_a_small_gpu)
+    e.budget = BatchBudget(max_tokens=10**6, max_rows=8)
+    got = run(e, prompts)
+    too_long = {k for k, p in enumerate(prompts) if len(e.encode(p)) > 60}
+    assert too_long and len(too_long) < len(prompts)
+    for key in range(len(prompts)):
+        if key in too_long:
+            assert got[key].error == "out of memory" and got[key].text is None
+        else:
+            assert got[key].error is None and got[key].text == expected[key]
+    assert e.budget.max_rows <= 2  # the worker lives on with a smaller batch size
+    after_first_split = seen_rows[seen_rows.index(max(seen_rows)) + 1:]
+    assert max(seen_rows) > 2 and seen_rows.count(max(seen_rows)) == 1
+    assert all(rows <= 4 for rows in after_first_split)
