@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 import tomllib
 import traceback
 from pathlib import Path
@@ -218,8 +219,17 @@ _strategy_option = click.option(
          "naive is the tutorial loop, kept as a baseline.")
 
 
+def _budget_overrides(budget, options: dict[str, Any]):
+    """The engine's default budget, with what a profile or the command line set replacing it."""
+    from dataclasses import replace
+
+    given = {field: int(options[key]) for key, field in
+             (("max_batch_tokens", "max_tokens"), ("max_batch_rows", "max_rows"))
+             if options.get(key) is not None}
+    return replace(budget, **given)
+
+
 def _load_runtime(variant, gpu, settings, profile):
-    from batchq.batching import BatchBudget
     from batchq.db import session_factory
     from batchq.engine import Engine
     from batchq.worker import start_runtime
@@ -234,9 +244,8 @@ def _load_runtime(variant, gpu, settings, profile):
     if gpu is not None and device == "cpu":
         click.echo(f"batchq: warning: no CUDA device visible; GPU {gpu} ignored, running on CPU",
                    err=True)
-    budget = BatchBudget(max_tokens=int(profile.get("max_batch_tokens", BatchBudget.max_tokens)),
-                         max_rows=int(profile.get("max_batch_rows", BatchBudget.max_rows)))
-    engine = Engine.load(variant.model, variant.quant, device, budget, profile.get("strategy"))
+    engine = Engine.load(variant.model, variant.quant, device, None, profile.get("strategy"))
+    engine.budget = _budget_overrides(engine.budget, profile)
     return start_runtime(engine, variant, settings)
 
 
@@ -272,8 +281,10 @@ def worker(model, quant, gpu, profile, max_batch_tokens, max_batch_rows, strateg
     jobs.check_broker(settings)
     logging.getLogger("batchq").setLevel(loglevel.upper())
     runtime = _load_runtime(variant, gpu, settings, prof)
-    click.echo(f"batchq worker: model {variant.model} ({variant.quant}) on "
-               f"{runtime.engine.device}; queue {variant.queue}; broker "
+    engine = runtime.engine
+    click.echo(f"batchq worker: model {variant.model} ({variant.quant}) on {engine.device}; "
+               f"{engine.strategy} batches of up to {engine.budget.max_rows} rows and "
+               f"{engine.budget.max_tokens} tokens; queue {variant.queue}; broker "
                f"{redact(settings.broker_url)}", err=True)
     node = prof.get("name") or f"{variant.slug}.{variant.quant}" + (
         f".gpu{gpu}" if gpu is not None else "")
@@ -416,6 +427,101 @@ def make_tiny_model(directory):
 
     path = make(directory)
     click.echo(str(Path(path).resolve()))
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--random-weights", "random_alias", metavar="ALIAS", default=None,
+              help="Build this real Qwen architecture with random weights (nothing downloaded), "
+                   "e.g. qwen2.5-7b-instruct.")
+@_quant_option
+@click.option("--gpu", type=click.IntRange(0), default=None, help="GPU index (default: 0 if any).")
+@click.option("-n", "--prompts", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--prompt-tokens", type=(click.IntRange(1), click.IntRange(1)), default=(16, 2048),
+              show_default=True, help="Range of prompt lengths (log-uniform).")
+@click.option("--output-tokens", type=(click.IntRange(1), click.IntRange(1)), default=(16, 512),
+              show_default=True, help="Range of output limits (log-uniform).")
+@click.option("--ignore-eos/--stop-at-eos", default=None,
+              help="Generate every row to its limit (default: on with --random-weights).")
+@click.option("--strategies", default="naive,static,continuous", show_default=True,
+              help="Comma-separated, compared in this order on the same prompts.")
+@click.option("--max-batch-tokens", type=click.IntRange(1), default=None,
+              help="Token budget of one batch (default: sized from free GPU memory).")
+@click.option("--max-batch-rows", type=click.IntRange(1), default=None)
+@click.option("--system", "with_system", is_flag=True,
+              help="Also run the workload as a real job through broker, database and a worker, "
+                   "and report its tokens/s against the engine alone.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write every figure to this file as JSON.")
+def bench(model, random_alias, quant, gpu, prompts, seed, prompt_tokens, output_tokens,
+          ignore_eos, strategies, max_batch_tokens, max_batch_rows, with_system, json_path):
+    """Measure generation speed: the tutorial loop against batchq's strategies, on one synthetic
+    workload, and optionally the whole system against the engine alone."""
+    import platform
+
+    import torch
+    import transformers
+
+    from batchq import bench as b
+    from batchq.engine import Engine, pick_device
+    from batchq.tiny import make_random_model
+    from batchq.variants import resolve
+
+    names = b.strategies_from(strategies)
+    if bool(model) == bool(random_alias):
+        raise ConfigError("give a MODEL or --random-weights ALIAS (one of them)")
+    for label, (low, high) in (("--prompt-tokens", prompt_tokens), ("--output-tokens", output_tokens)):
+        if low > high:
+            raise ConfigError(f"{label}: the low end {low} is above the high end {high}")
+    settings = get_settings()
+    if random_alias:
+        model = str(make_random_model(settings.home / "random-models" / random_alias, random_alias))
+        ignore_eos = True if ignore_eos is None else ignore_eos
+    variant = resolve(model, quant)
+    device = pick_device(gpu)
+    click.echo(f"loading {variant.model} ({variant.quant}) on {device}", err=True)
+    engine = Engine.load(variant.model, variant.quant, device)
+    engine.budget = _budget_overrides(engine.budget, {"max_batch_tokens": max_batch_tokens,
+                                                      "max_batch_rows": max_batch_rows})
+    engine.ignore_eos = bool(ignore_eos)
+    workload = b.Workload(prompts, seed, *prompt_tokens, *output_tokens)
+    items = workload.build()
+    gpu_name, bandwidth = b.gpu_bandwidth(device) if device.startswith("cuda") else (None, None)
+    meta = {"model": variant.model, "random_weights": random_alias, "quant": variant.quant,
+            "device": gpu_name or f"CPU ({platform.processor() or platform.machine()}, "
+                                   f"{torch.get_num_threads()} threads)",
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "workload": workload.__dict__, "ignore_eos": engine.ignore_eos,
+            "budget": {"max_tokens": engine.budget.max_tokens,
+                       "max_rows": engine.budget.max_rows},
+            "bandwidth_bytes_per_s": bandwidth,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    click.echo(f"{prompts} prompts of {prompt_tokens[0]}-{prompt_tokens[1]} tokens, outputs of "
+               f"{output_tokens[0]}-{output_tokens[1]}, on {meta['device']}; batches of up to "
+               f"{engine.budget.max_rows} rows and {engine.budget.max_tokens} tokens", err=True)
+    results = b.compare(engine, items, names, bandwidth)
+    click.echo(b.table(results))
+    same = b.outputs_agree(results)
+    click.echo(f"outputs identical across strategies: {'yes' if same else 'NO'}")
+    system = None
+    if with_system:
+        best = max((r for r in results if r.strategy != "naive"), default=results[0],
+                   key=lambda r: r.output_tokens_per_s)
+        system = b.measure_system(engine, variant.model, variant.quant, items, best.strategy,
+                                  lambda text: click.echo(text, err=True))
+        click.echo(f"system ({system.backend}, {best.strategy}): "
+                   f"{system.system_tokens_per_s:,.0f} output tokens/s through queue, database "
+                   f"and worker = {100 * system.ratio:.0f}% of the engine alone "
+                   f"({system.engine_tokens_per_s:,.0f}); outputs "
+                   f"{'match' if system.outputs_match else 'DIFFER'}")
+        naive = next((r for r in results if r.strategy == "naive"), None)
+        if naive:
+            click.echo(f"end to end vs the naive loop: "
+                       f"{system.system_tokens_per_s / naive.output_tokens_per_s:.2f}x")
+    if json_path:
+        Path(json_path).write_text(json.dumps(b.report(meta, results, system), indent=2) + "\n")
+        click.echo(f"wrote {json_path}", err=True)
 
 
 def main() -> None:

@@ -132,6 +132,30 @@ def quantization_config(quant: str, device: str):
     return None
 
 
+def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
+    """KV-cache bytes one token costs: keys and values, every layer, every KV head."""
+    text = getattr(config, "text_config", None) or config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def default_budget(model, device: str) -> BatchBudget:
+    """Batch budget from what is free on the GPU once the model is loaded (a worker profile or
+    --max-batch-tokens overrides it). On CPU, the fixed defaults."""
+    if not device.startswith("cuda"):
+        return BatchBudget()
+    import torch
+
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    # Keep a tenth of the card and a fifth of what is free for activations, logits and the
+    # allocator's fragmentation; the rest holds the KV cache of one batch.
+    usable = max(0, free - total // 10) * 0.8
+    max_tokens = max(1024, min(4_000_000, int(usable / kv_bytes_per_token(model.config))))
+    return BatchBudget(max_tokens=max_tokens, max_rows=max(8, min(256, max_tokens // 1024)))
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
@@ -158,7 +182,7 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
-        self.budget = budget or BatchBudget()
+        self.budget = budget or default_budget(model, device)
         self.strategy = strategy or default_strategy(device)
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of "

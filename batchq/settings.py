@@ -53,7 +53,7 @@ class Settings:
             home=home,
             database_url=database_url,
             broker_url=broker_url,
-            chunk_size=_int(env, "BATCHQ_CHUNK_SIZE", 64),
+            chunk_size=_int(env, "BATCHQ_CHUNK_SIZE", 256),
             lease_seconds=_int(env, "BATCHQ_LEASE_SECONDS", 60),
             max_file_lines=_int(env, "BATCHQ_MAX_FILE_LINES", 1_000_000),
             max_line_bytes=_int(env, "BATCHQ_MAX_LINE_BYTES", 1_000_000),

@@ -1,7 +1,9 @@
-"""A tiny random-weight Qwen2 model with the real Qwen2.5 tokenizer, built fully offline.
+"""Random-weight Qwen models with the real Qwen2.5 tokenizer, built fully offline.
 
-It loads through the same `from_pretrained` path as a real Qwen model, so the whole pipeline
-can be tried and tested on a machine with no model hub: `batchq make-tiny-model DIR`.
+A tiny Qwen2 (`batchq make-tiny-model DIR`) lets the whole pipeline be tried and tested on a
+machine with no model hub; the real Qwen architectures (`batchq bench --random-weights ALIAS`)
+measure speed on a GPU with nothing downloaded. Both load through the same `from_pretrained`
+path as a real model.
 """
 
 from __future__ import annotations
@@ -64,6 +66,56 @@ def make_tiny_model(directory: str | Path, *, hidden_size: int = 64, layers: int
         tie_word_embeddings=True, initializer_range=0.5,
         bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
     model = Qwen2ForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=[151645, 151643], pad_token_id=151643, bos_token_id=151643)
+    model.save_pretrained(directory)
+    qwen_tokenizer().save_pretrained(directory)
+    return directory
+
+
+# Shapes of the real architectures (config.json of each release; FACTS.md).
+ARCHITECTURES: dict[str, dict] = {
+    "qwen2.5-0.5b-instruct": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                  num_attention_heads=14, num_key_value_heads=2,
+                                  vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b-instruct": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                  num_attention_heads=12, num_key_value_heads=2,
+                                  vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-3b-instruct": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                                num_attention_heads=16, num_key_value_heads=2,
+                                vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b-instruct": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                num_attention_heads=28, num_key_value_heads=4,
+                                vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def make_random_model(directory: str | Path, alias: str, *, seed: int = 0) -> Path:
+    """Write a real Qwen2.5 architecture with random bf16 weights (reused if already there)."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    if alias not in ARCHITECTURES:
+        from batchq.errors import NotFound
+
+        raise NotFound(f"no architecture {alias!r} for random weights; choose one of "
+                       f"{', '.join(ARCHITECTURES)}")
+    directory = Path(directory)
+    if (directory / "config.json").is_file() and (directory / "tokenizer.json").is_file():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = Qwen2Config(**ARCHITECTURES[alias], max_position_embeddings=32768, rope_theta=1e6,
+                         rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
+                         pad_token_id=151643, dtype="bfloat16")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
     model.generation_config = GenerationConfig(
         eos_token_id=[151645, 151643], pad_token_id=151643, bos_token_id=151643)
     model.save_pretrained(directory)
