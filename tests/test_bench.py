@@ -1,0 +1,84 @@
+"""`batchq bench` on the tiny model: every strategy, the same greedy outputs, figures that add up.
+
+Speed itself is never asserted here; these tests check what the numbers are made of.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batchq.bench import Workload
+from tests.conftest import batchq
+
+SMALL = ["-n", "10", "--prompt-tokens", "8", "96", "--output-tokens", "4", "24", "--seed", "3"]
+
+
+def test_workload_is_log_uniform_within_its_ranges_and_fixed_by_its_seed():
+    prompts = Workload(prompts=400, seed=1).build()
+    assert prompts == Workload(prompts=400, seed=1).build()
+    lengths = [len(p.token_ids) for p in prompts]
+    limits = [p.settings.max_new_tokens for p in prompts]
+    assert 16 <= min(lengths) and max(lengths) <= 2048 and 16 <= min(limits) <= max(limits) <= 512
+    # Log-uniform: about as many prompts under 181 tokens (the geometric middle) as over it.
+    assert 0.4 < sum(n < 181 for n in lengths) / len(lengths) < 0.6
+    assert all(200 <= t < 150_000 for p in prompts[:20] for t in p.token_ids)
+
+
+def test_bench_compares_every_strategy_on_the_same_prompts(tiny_model, embedded_env, tmp_path):
+    out = tmp_path / "bench.json"
+    res = batchq("bench", str(tiny_model), *SMALL, "--ignore-eos", "--max-batch-rows", "4",
+                 "--json", str(out), env=embedded_env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["strategy", "out", "tok/s"]
+    assert [line.split()[0] for line in lines[1:4]] == ["naive", "static", "continuous"]
+    assert lines[4] == "outputs identical across strategies: yes"
+    assert len(lines) == 5
+
+    report = json.loads(out.read_text())
+    assert report["outputs_identical"] is True and report["ignore_eos"] is True
+    assert report["budget"]["max_rows"] == 4 and report["system"] is None
+    limits = [p.settings.max_new_tokens for p in Workload(10, 3, 8, 96, 4, 24).build()]
+    by_name = {s["strategy"]: s for s in report["strategies"]}
+    for s in by_name.values():
+        assert s["prompts"] == 10
+        assert s["completion_tokens"] == sum(limits)  # --ignore-eos: every row runs to its limit
+        assert s["output_tokens_per_s"] == pytest.approx(s["completion_tokens"] / s["seconds"])
+        assert s["peak_memory_bytes"] is None and s["roofline_pct"] is None  # CPU: no GPU figures
+    assert by_name["naive"]["speedup_vs_naive"] == pytest.approx(1.0)
+    assert by_name["naive"]["batches"] == 1  # the tutorial loop: 16 rows a batch, arrival order
+    assert by_name["static"]["batches"] >= 3  # 4 rows a batch
+    assert by_name["continuous"]["padding_pct"] == 0.0
+    assert by_name["static"]["wasted_decode_pct"] < by_name["naive"]["wasted_decode_pct"]
+
+
+def test_bench_system_runs_the_workload_as_a_real_job(tiny_model, embedded_env, tmp_path):
+    out = tmp_path / "bench.json"
+    res = batchq("bench", str(tiny_model), *SMALL, "--strategies", "static", "--system",
+                 "--json", str(out), env=embedded_env)
+    assert res.returncode == 0, res.stderr
+    assert "through queue, database and worker" in res.stdout and "outputs match" in res.stdout
+    system = json.loads(out.read_text())["system"]
+    assert system["backend"] == "embedded (SQLite)" and system["outputs_match"] is True
+    assert system["completion_tokens"] > 0 and system["batches"] >= 1
+    assert system["ratio"] == pytest.approx(system["system_tokens_per_s"]
+                                            / system["engine_tokens_per_s"])
+    # The bench job ran in a throwaway store: the user's own job list is untouched.
+    listed = batchq("status", env=embedded_env)
+    assert system["job_id"] not in listed.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ([], "give a MODEL or --random-weights ALIAS"),
+    (["--random-weights", "qwen9-huge"], "no architecture 'qwen9-huge' for random weights"),
+    (["MODEL", "--strategies", "static,fastest"], "--strategies: unknown fastest"),
+    (["MODEL", "--prompt-tokens", "50", "10"], "--prompt-tokens: the low end 50 is above"),
+])
+def test_bench_refuses_bad_options_in_one_line(tiny_model, embedded_env, args, fragment):
+    args = [str(tiny_model) if a == "MODEL" else a for a in args]
+    res = batchq("bench", *args, env=embedded_env, timeout=120)
+    assert res.returncode == 2 or res.returncode == 4, res.stderr
+    assert fragment in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
