@@ -17,7 +17,8 @@ def test_every_shipped_profile_parses_and_names_a_known_model():
         prof = _read_profile(str(path))
         variant = resolve(prof["model"], prof.get("quant"))
         assert variant.entry is not None, path  # a catalogue model, so its queue is well known
-        assert prof["max_batch_tokens"] > 0 and prof["max_batch_rows"] > 0
+        assert all(prof.get(k, 1) > 0 for k in ("max_batch_tokens", "max_batch_rows"))
+        assert prof.get("strategy", "static") in ("static", "continuous")
 
 
 @pytest.mark.parametrize("profile, code, fragment", [
