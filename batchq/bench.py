@@ -137,7 +137,15 @@ def compare(engine: Engine, prompts: list[PromptIn], strategies: list[str],
 
 
 def outputs_agree(results: list[StrategyResult]) -> bool:
-    return all(r.outputs == results[0].outputs for r in results[1:])
+    return not differing(results)
+
+
+def differing(results: list[StrategyResult]) -> dict[str, list]:
+    """Per strategy, the prompts whose output differs from the first strategy's."""
+    first = results[0].outputs
+    out = {r.strategy: sorted(k for k in first if r.outputs.get(k) != first[k])
+           for r in results[1:]}
+    return {name: keys for name, keys in out.items() if keys}
 
 
 # ---------------------------------------------------------------- the whole system
@@ -274,6 +282,7 @@ def report(meta: dict[str, Any], results: list[StrategyResult],
 
     return {**meta, "strategies": [plain(r) for r in results],
             "outputs_identical": outputs_agree(results),
+            "outputs_differing": differing(results),
             "system": asdict(system) if system else None}
 
 

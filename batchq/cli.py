@@ -502,8 +502,10 @@ def bench(model, random_alias, quant, gpu, prompts, seed, prompt_tokens, output_
                f"{engine.budget.max_rows} rows and {engine.budget.max_tokens} tokens", err=True)
     results = b.compare(engine, items, names, bandwidth)
     click.echo(b.table(results))
-    same = b.outputs_agree(results)
-    click.echo(f"outputs identical across strategies: {'yes' if same else 'NO'}")
+    diff = b.differing(results)
+    click.echo("outputs identical across strategies: " + ("yes" if not diff else "NO: " + "; ".join(
+        f"{name} differs from {results[0].strategy} on {len(keys)} prompt(s), first #{keys[0]}"
+        for name, keys in diff.items())))
     system = None
     if with_system:
         best = max((r for r in results if r.strategy != "naive"), default=results[0],

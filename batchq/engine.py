@@ -362,10 +362,12 @@ class Engine:
             num_blocks=math.ceil(max(self.budget.max_tokens, largest) / page) + 1,
             max_requests_per_batch=self.budget.max_rows,
             max_batch_tokens=max(self.budget.max_tokens // 4, largest, 256))
-        settings = items[0].prompt.settings
+        generation_config = self._generation_config(items[0].prompt.settings,
+                                                    max(i.limit for i in items))
+        if self.ignore_eos:
+            generation_config.eos_token_id = -1  # how the manager spells "no end token"
         manager = self.model.init_continuous_batching(
-            generation_config=self._generation_config(settings, max(i.limit for i in items)),
-            continuous_batching_config=config)
+            generation_config=generation_config, continuous_batching_config=config)
         by_request: dict[str, _Item] = {}
         self._start_measuring()
         started = time.perf_counter()
@@ -447,7 +449,8 @@ class Engine:
         # A fresh config: the job's settings alone decide sampling, not the model's defaults.
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=not settings.greedy,
-            eos_token_id=None if self.ignore_eos else self.eos_ids, pad_token_id=self.pad_id)
+            # An empty list, not None: None lets generate fall back to the model's own EOS.
+            eos_token_id=[] if self.ignore_eos else self.eos_ids, pad_token_id=self.pad_id)
         if not settings.greedy:
             config.temperature = settings.temperature
             config.top_p = settings.top_p
