@@ -20,7 +20,7 @@ def test_workload_is_log_uniform_within_its_ranges_and_fixed_by_its_seed():
     assert prompts == Workload(prompts=400, seed=1).build()
     lengths = [len(p.token_ids) for p in prompts]
     limits = [p.settings.max_new_tokens for p in prompts]
-    assert 16 <= min(lengths) and max(lengths) <= 2048 and 16 <= min(limits) <= max(limits) <= 512
+    assert min(lengths) >= 16 and max(lengths) <= 2048 and 16 <= min(limits) <= max(limits) <= 512
     # Log-uniform: about as many prompts under 181 tokens (the geometric middle) as over it.
     assert 0.4 < sum(n < 181 for n in lengths) / len(lengths) < 0.6
     assert all(200 <= t < 150_000 for p in prompts[:20] for t in p.token_ids)
