@@ -54,7 +54,7 @@ def make_tiny_model(directory: str | Path, *, hidden_size: int = 64, layers: int
                     seed: int = 0, context: int = 4096) -> Path:
     """Write a tiny Qwen2 model directory. initializer_range 0.5 keeps outputs varied."""
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,13 @@ def make_tiny_model(directory: str | Path, *, hidden_size: int = 64, layers: int
         max_position_embeddings=context, rope_theta=1e6, rms_norm_eps=1e-6,
         tie_word_embeddings=True, initializer_range=0.5,
         bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
-    model = Qwen2ForCausalLM(config).eval()
+    return _save(Qwen2ForCausalLM(config).eval(), directory)
+
+
+def _save(model, directory: Path) -> Path:
+    """Weights, Qwen2.5-Instruct's generation defaults and the tokenizer, as a release has them."""
+    from transformers import GenerationConfig
+
     model.generation_config = GenerationConfig(
         eos_token_id=[151645, 151643], pad_token_id=151643, bos_token_id=151643)
     model.save_pretrained(directory)
@@ -93,7 +99,7 @@ ARCHITECTURES: dict[str, dict] = {
 def make_random_model(directory: str | Path, alias: str, *, seed: int = 0) -> Path:
     """Write a real Qwen2.5 architecture with random bf16 weights (reused if already there)."""
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     if alias not in ARCHITECTURES:
         from batchq.errors import NotFound
@@ -116,8 +122,4 @@ def make_random_model(directory: str | Path, alias: str, *, seed: int = 0) -> Pa
             model = Qwen2ForCausalLM(config).eval()
     finally:
         torch.set_default_dtype(previous)
-    model.generation_config = GenerationConfig(
-        eos_token_id=[151645, 151643], pad_token_id=151643, bos_token_id=151643)
-    model.save_pretrained(directory)
-    qwen_tokenizer().save_pretrained(directory)
-    return directory
+    return _save(model, directory)
