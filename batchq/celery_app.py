@@ -6,16 +6,44 @@
 from __future__ import annotations
 
 import functools
+import ssl
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
 
+from batchq.errors import ConfigError
 from batchq.settings import Settings, get_settings
 
 RUN_CHUNK = "batchq.run_chunk"
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+_SSL_KEYS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def broker_tls(url: str) -> tuple[str, dict[str, Any] | None]:
+    """A rediss:// URL's TLS options, taken out of its query string.
+
+    The server's certificate is verified unless the URL says `ssl_cert_reqs=none`: kombu on its
+    own would accept any certificate. `ssl_ca_certs=PATH` names a private CA.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return url, None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options: dict[str, Any] = {k: v for k, v in query if k in _SSL_KEYS}
+    reqs = str(options.get("ssl_cert_reqs", "required")).lower().removeprefix("cert_")
+    if reqs not in _CERT_REQS:
+        raise ConfigError(f"BATCHQ_BROKER_URL: ssl_cert_reqs={reqs!r}; use required, "
+                          "optional or none")
+    options["ssl_cert_reqs"] = _CERT_REQS[reqs]
+    rest = urlencode([(k, v) for k, v in query if k not in _SSL_KEYS])
+    return urlunsplit(parts._replace(query=rest)), options
 
 
 def make_app(settings: Settings) -> Celery:
-    app = Celery("batchq", broker=settings.broker_url)
+    broker_url, tls = broker_tls(settings.broker_url)
+    app = Celery("batchq", broker=broker_url)
     transport_options: dict = {}
     # (The SQLite broker hands every transport option to create_engine, so it gets none.)
     if not settings.broker_url.startswith("sqla+"):
@@ -35,7 +63,13 @@ def make_app(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_track_started=True,
         broker_transport_options=transport_options,
+        broker_use_ssl=tls,
+        # A broker restart is waited out, however long; the database keeps the work meanwhile.
+        broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # A running chunk goes on through a broker outage: its results go to the database.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_timeout=5,
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2,
                                    "interval_step": 0.5, "interval_max": 2},
@@ -51,6 +85,24 @@ def make_app(settings: Settings) -> Celery:
         return handle_chunk(chunk_id)
 
     return app
+
+
+def publish_chunks(settings: Settings, queue: str, chunk_ids: Iterable[int]) -> int:
+    """One message per chunk, carrying only its id. Raises what kombu raises if the broker is
+    away after the publish retries; callers decide what that means."""
+    app = app_for(settings)
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for chunk_id in chunk_ids:
+            app.send_task(RUN_CHUNK, args=[chunk_id], queue=queue, producer=producer)
+            sent += 1
+    return sent
+
+
+def queue_depth(settings: Settings, queue: str) -> int:
+    """Messages waiting in a variant's queue (not counting those a worker holds)."""
+    with app_for(settings).connection_for_read() as conn:
+        return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
 
 
 @functools.cache

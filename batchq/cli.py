@@ -288,6 +288,9 @@ def worker(model, quant, gpu, profile, max_batch_tokens, max_batch_rows, strateg
                f"{redact(settings.broker_url)}", err=True)
     node = prof.get("name") or f"{variant.slug}.{variant.quant}" + (
         f".gpu{gpu}" if gpu is not None else "")
+    from batchq.worker import install_worker_hooks
+
+    install_worker_hooks(settings, variant.queue)
     argv = ["worker", "-Q", variant.queue, "-P", "solo", "-c", "1", "-E",
             "-n", f"{node}@%h", "--loglevel", loglevel]
     if settings.embedded:

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from batchq.errors import ServiceUnavailable
 from batchq.settings import Settings, redact
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -135,6 +139,27 @@ def session_scope(settings: Settings) -> Iterator[Session]:
     try:
         with factory.begin() as session:
             yield session
-    except OperationalError as exc:
+    except (OperationalError, InterfaceError) as exc:
+        # InterfaceError: psycopg's "the connection is closed" when a server killed it.
         raise ServiceUnavailable(_unreachable(settings.database_url, exc)) from exc
+
+
+def retrying(settings: Settings, what: str, transaction: Callable[[], object]):
+    """Run one transaction until it gets through, waiting out a database that restarts or
+    drops connections (backoff from 0.5 s to 10 s), for up to BATCHQ_OUTAGE_SECONDS.
+
+    The transaction must be safe to run again after it rolled back, as batchq's worker
+    writes are: a line is written only while it is still pending.
+    """
+    deadline = time.monotonic() + settings.outage_seconds
+    delay = 0.5
+    while True:
+        try:
+            return transaction()
+        except ServiceUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: %s; trying again in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -109,6 +109,10 @@ class _Item:
     @property
     def limit(self) -> int:
         return self.prompt.settings.max_new_tokens
+
+
+def _ignore(keys: list[Any]) -> None:
+    pass
 
 
 def pick_device(gpu: int | None = None) -> str:
@@ -240,8 +244,14 @@ class Engine:
 
     # ------------------------------------------------------------ generating
 
-    def generate(self, prompts: Iterable[PromptIn]) -> Iterator[BatchOutput]:
-        """Yield one BatchOutput per GPU batch, so callers can store results as they come."""
+    def generate(self, prompts: Iterable[PromptIn],
+                 on_batch: Callable[[list[Any]], None] | None = None) -> Iterator[BatchOutput]:
+        """Yield one BatchOutput per GPU batch, so callers can store results as they come.
+
+        `on_batch(keys)` is called just before a batch starts, with its prompts' keys: the
+        worker counts attempts with it, so a batch that kills the process is known afterwards.
+        """
+        started = on_batch or _ignore
         groups: dict[GenerationSettings, list[_Item]] = defaultdict(list)
         for prompt in prompts:
             ids = self.encode(prompt)
@@ -253,11 +263,11 @@ class Engine:
             groups[prompt.settings.sampling].append(_Item(prompt, ids))
         for sampling, items in groups.items():
             if self.strategy == "naive":
-                yield from self._naive(items)
+                yield from self._naive(items, started)
             elif self.strategy == "continuous" and sampling.greedy and not sampling.stop:
-                yield from self._continuous(items)
+                yield from self._continuous(items, started)
             else:
-                yield from self._static(items)
+                yield from self._static(items, started)
 
     def _does_not_fit(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
         if self.context and prompt_tokens + max_new_tokens > self.context:
@@ -267,7 +277,7 @@ class Engine:
 
     # ------------------------------------------------------------ static batches
 
-    def _static(self, items: list[_Item]) -> Iterator[BatchOutput]:
+    def _static(self, items: list[_Item], started: Callable) -> Iterator[BatchOutput]:
         remaining = items
         while remaining:
             # Planned again after every batch: an out-of-memory split shrinks the budget, and
@@ -276,6 +286,7 @@ class Engine:
                                    [i.limit for i in remaining], self.budget)
             first = [remaining[i] for i in batches[0]]
             remaining = [remaining[i] for batch in batches[1:] for i in batch]
+            started([item.prompt.key for item in first])
             yield from self._split_on_oom(first)
 
     def _split_on_oom(self, items: list[_Item]) -> Iterator[BatchOutput]:
@@ -299,9 +310,11 @@ class Engine:
             return
         yield output
 
-    def _naive(self, items: list[_Item]) -> Iterator[BatchOutput]:
+    def _naive(self, items: list[_Item], started: Callable) -> Iterator[BatchOutput]:
         for start in range(0, len(items), NAIVE_BATCH_ROWS):
-            yield self._run_batch(items[start:start + NAIVE_BATCH_ROWS], per_row_limits=False)
+            batch = items[start:start + NAIVE_BATCH_ROWS]
+            started([item.prompt.key for item in batch])
+            yield self._run_batch(batch, per_row_limits=False)
 
     def _run_batch(self, items: list[_Item], per_row_limits: bool) -> BatchOutput:
         import torch
@@ -347,7 +360,7 @@ class Engine:
 
     # ------------------------------------------------------------ continuous batching
 
-    def _continuous(self, items: list[_Item]) -> Iterator[BatchOutput]:
+    def _continuous(self, items: list[_Item], started: Callable) -> Iterator[BatchOutput]:
         """Paged KV cache sized to the same token budget as a static batch, and the same row limit.
 
         Results are handed out in groups of up to max_rows as they finish. If the manager stops
@@ -369,8 +382,9 @@ class Engine:
         manager = self.model.init_continuous_batching(
             generation_config=generation_config, continuous_batching_config=config)
         by_request: dict[str, _Item] = {}
+        started([item.prompt.key for item in items])  # every prompt is in flight at once
         self._start_measuring()
-        started = time.perf_counter()
+        clock = time.perf_counter()
         manager.start()
         try:
             for n, item in enumerate(items):
@@ -391,18 +405,18 @@ class Engine:
                 done.append(self._failed(item, f"generation failed: {result.error}")
                             if result.error else self._completion(item, result.generated_tokens))
                 if len(done) >= self.budget.max_rows or not by_request:
-                    yield self._continuous_output(done, started)
+                    yield self._continuous_output(done, clock)
                     done = []
-                    started = time.perf_counter()
+                    clock = time.perf_counter()
             if done:
-                yield self._continuous_output(done, started)
+                yield self._continuous_output(done, clock)
         finally:
             manager.stop(block=True)
         if by_request:
             log.warning("continuous batching stopped with %d prompts open; running them as "
                         "static batches", len(by_request))
             self._release_memory()
-            yield from self._static(list(by_request.values()))
+            yield from self._static(list(by_request.values()), started)
 
     def _continuous_output(self, done: list[Completion], started: float) -> BatchOutput:
         tokens = sum(c.completion_tokens for c in done)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from sqlalchemy import (
@@ -15,7 +16,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -31,8 +34,34 @@ JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 LINE_STATUSES = ("pending", "succeeded", "failed", "cancelled")
 CHUNK_STATUSES = ("queued", "running", "done")
 
+# A line refused by `submit --skip-invalid`: stored failed with its reason, never run or retried.
+INVALID_KIND = "invalid"
+
 # SQLite stores BIGINT primary keys only as INTEGER aliases of the rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class SafeText(TypeDecorator):
+    """Text that may hold U+0000, which PostgreSQL's text type refuses.
+
+    A value containing NUL, or starting with the marker itself, is stored as the marker
+    followed by its JSON (which escapes both); any other value is stored as it is, so what
+    people read in SQL stays readable. Reading reverses it exactly.
+    """
+
+    impl = Text
+    cache_ok = True
+    MARK = "\x01"
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:
+        if value is not None and ("\x00" in value or value.startswith(self.MARK)):
+            return self.MARK + json.dumps(value)
+        return value
+
+    def process_result_value(self, value: str | None, dialect) -> str | None:
+        if value is not None and value.startswith(self.MARK):
+            return json.loads(value[1:])
+        return value
 
 
 class Base(DeclarativeBase):
@@ -81,9 +110,12 @@ class Chunk(Base):
     first_line: Mapped[int] = mapped_column(Integer)
     last_line: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    # Claims so far; the claim's number is its fencing token (only its holder renews the lease).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When its broker message was last sent; NULL if it never was (broker down at submit).
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Metrics of the generation that ran for this chunk, summed over its batches.
@@ -102,7 +134,10 @@ class Line(Base):
     __tablename__ = "lines"
     __table_args__ = (
         UniqueConstraint("job_id", "line_no"),
-        UniqueConstraint("job_id", "custom_id"),
+        # Ids of accepted lines are unique; a refused line keeps the id it had, even a duplicate.
+        Index("uq_lines_job_id_custom_id", "job_id", "custom_id", unique=True,
+              postgresql_where=text(f"kind <> '{INVALID_KIND}'"),
+              sqlite_where=text(f"kind <> '{INVALID_KIND}'")),
         CheckConstraint(f"status IN {LINE_STATUSES}", name="status"),
         Index("ix_lines_job_id_status", "job_id", "status"),
         Index("ix_lines_job_id_chunk_seq", "job_id", "chunk_seq"),
@@ -112,15 +147,19 @@ class Line(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     line_no: Mapped[int] = mapped_column(Integer)  # 1-based line number in the input file
     chunk_seq: Mapped[int] = mapped_column(Integer)  # the seq of the chunk that runs it
-    custom_id: Mapped[str] = mapped_column(Text)
-    kind: Mapped[str] = mapped_column(String(24))  # prompt | messages | openai-chat | openai-completion
+    custom_id: Mapped[str] = mapped_column(SafeText)
+    # prompt | messages | openai-chat | openai-completion | invalid
+    kind: Mapped[str] = mapped_column(String(24))
     request: Mapped[str] = mapped_column(Text)  # JSON of the normalised request
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    output: Mapped[str | None] = mapped_column(Text)
+    output: Mapped[str | None] = mapped_column(SafeText)
     finish_reason: Mapped[str | None] = mapped_column(String(16))
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SafeText)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # GPU batches that started this line since it was submitted or retried. A pending line with
+    # attempts was in a batch that never ended (crash, kill, error): it runs alone next time,
+    # and fails once it reaches BATCHQ_MAX_ATTEMPTS.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

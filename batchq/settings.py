@@ -36,8 +36,11 @@ class Settings:
     broker_url: str
     chunk_size: int  # lines per queued chunk (one Celery message each)
     lease_seconds: int  # how long a claimed chunk stays owned without renewal
+    max_attempts: int  # batches a line may die in (crash, kill, error) before it fails
     max_file_lines: int
     max_line_bytes: int
+    max_file_bytes: int
+    outage_seconds: int  # how long a worker waits out an unreachable database before giving up
 
     @property
     def embedded(self) -> bool:
@@ -55,8 +58,11 @@ class Settings:
             broker_url=broker_url,
             chunk_size=_int(env, "BATCHQ_CHUNK_SIZE", 256),
             lease_seconds=_int(env, "BATCHQ_LEASE_SECONDS", 60),
+            max_attempts=_int(env, "BATCHQ_MAX_ATTEMPTS", 3),
             max_file_lines=_int(env, "BATCHQ_MAX_FILE_LINES", 1_000_000),
             max_line_bytes=_int(env, "BATCHQ_MAX_LINE_BYTES", 1_000_000),
+            max_file_bytes=_int(env, "BATCHQ_MAX_FILE_BYTES", 4 << 30),
+            outage_seconds=_int(env, "BATCHQ_OUTAGE_SECONDS", 600),
         )
 
 

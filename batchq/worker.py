@@ -3,6 +3,9 @@
 A worker process is pinned to one variant and holds one loaded Engine (`start_runtime`).
 Results are written per GPU batch, so progress is visible and a crash loses at most a batch;
 each line is written only while it is still pending, so a redelivered chunk never doubles one.
+Each batch counts an attempt on its lines before it starts; a line left pending with attempts
+was in a batch that never ended, and runs alone until it succeeds or uses BATCHQ_MAX_ATTEMPTS.
+Database outages are waited out (`retrying`); leases and the sweep live in batchq.recovery.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from batchq.db import session_scope, utcnow
+from batchq.db import retrying, session_scope, utcnow
 from batchq.engine import BatchOutput, Engine, GenerationSettings, PromptIn
 from batchq.inputs import Request
-from batchq.jobs import finish_job_if_done
+from batchq.jobs import FINAL_JOB_STATUSES, finish_job_if_done
 from batchq.models import Chunk, Job, Line
+from batchq.recovery import LeaseKeeper, shutdown_requested
 from batchq.settings import Settings
 from batchq.variants import Variant
 
@@ -47,6 +51,26 @@ def start_runtime(engine: Engine, variant: Variant, settings: Settings,
     return _runtime
 
 
+def install_worker_hooks(settings: Settings, queue: str) -> None:
+    """In a `batchq worker` process: sweep once Celery is ready; on SIGTERM, hand back the
+    running chunk at its next batch boundary (Celery's warm shutdown then exits)."""
+    from celery import signals
+
+    from batchq.recovery import Sweeper
+
+    sweeper = Sweeper(settings, queue)
+
+    def ready(**_: Any) -> None:
+        sweeper.start()
+
+    def stopping(**_: Any) -> None:
+        shutdown_requested.set()
+        sweeper.stop()
+
+    signals.worker_ready.connect(ready, weak=False)
+    signals.worker_shutting_down.connect(stopping, weak=False)
+
+
 def handle_chunk(chunk_id: int) -> dict[str, Any]:
     """The Celery task body. Returns a summary, which Flower shows as the task's result."""
     if _runtime is None:
@@ -54,10 +78,22 @@ def handle_chunk(chunk_id: int) -> dict[str, Any]:
     return run_chunk(chunk_id, _runtime)
 
 
-def _claim(chunk_id: int, runtime: WorkerRuntime) -> tuple[Job, Chunk, list[Line]] | str:
-    """Take the chunk if nobody holds a live lease on it. Returns why not, as a string."""
+@dataclass
+class _Claim:
+    job: Job
+    chunk: Chunk
+    lines: list[Line]  # its pending lines, each with the attempts it has had
+    token: int  # this claim's number: the lease's fencing token
+
+
+def _claim(chunk_id: int, runtime: WorkerRuntime) -> _Claim | str:
+    """Take the chunk if nobody holds a live lease on it. Returns why not, as a string.
+
+    Lines that have already died in BATCHQ_MAX_ATTEMPTS batches fail here, with their reason.
+    """
     now = utcnow()
-    with session_scope(runtime.settings) as session:
+    settings = runtime.settings
+    with session_scope(settings) as session:
         chunk = session.get(Chunk, chunk_id)
         if chunk is None:
             return "unknown chunk"
@@ -67,7 +103,7 @@ def _claim(chunk_id: int, runtime: WorkerRuntime) -> tuple[Job, Chunk, list[Line
             log.error("chunk %s belongs to queue %s, not %s; skipped", chunk_id, job.queue,
                       runtime.variant.queue)
             return f"wrong variant ({job.queue})"
-        if job.status in ("completed", "failed", "cancelled") or chunk.status == "done":
+        if job.status in FINAL_JOB_STATUSES or chunk.status == "done":
             return "already final"
         claimed = session.execute(
             update(Chunk)
@@ -75,107 +111,251 @@ def _claim(chunk_id: int, runtime: WorkerRuntime) -> tuple[Job, Chunk, list[Line
             .where((Chunk.status == "queued") | (Chunk.lease_expires_at < now))
             .values(status="running", worker=runtime.name, attempts=Chunk.attempts + 1,
                     started_at=now,
-                    lease_expires_at=now + timedelta(seconds=runtime.settings.lease_seconds))
+                    lease_expires_at=now + timedelta(seconds=settings.lease_seconds))
         ).rowcount
         if not claimed:
             return "held by another worker"
+        session.refresh(chunk)
         if job.status == "queued":
             job.status = "running"
             job.started_at = now
-        lines = session.scalars(
+        lines = list(session.scalars(
             select(Line).where(Line.job_id == job.id, Line.chunk_seq == chunk.seq,
                                Line.status == "pending")
-            .order_by(Line.line_no)).all()
-        session.execute(update(Line).where(Line.id.in_([line.id for line in lines]))
-                        .values(attempts=Line.attempts + 1, started_at=now))
+            .order_by(Line.line_no)))
+        open_lines = []
+        for line in lines:
+            if line.attempts >= settings.max_attempts:
+                line.status = "failed"
+                line.error = _gave_up(line.attempts, line.error)
+                line.finished_at = now
+                log.warning("job=%s line=%s failed after %d attempts", job.id, line.line_no,
+                            line.attempts)
+            else:
+                open_lines.append(line)
         session.flush()
-        return job, chunk, list(lines)
+        return _Claim(job, chunk, open_lines, chunk.attempts)
 
 
-def _prompts(job: Job, lines: list[Line]) -> list[PromptIn]:
-    job_settings = json.loads(job.settings)
-    prompts = []
-    for line in lines:
-        request = Request.from_row(line.custom_id, line.kind, line.request)
-        settings = GenerationSettings.merged(job_settings, request.params)
-        prompts.append(PromptIn(line.id, request.messages, request.text, settings))
-    return prompts
+def _gave_up(attempts: int, last_error: str | None) -> str:
+    why = last_error or ("the worker running it stopped each time (crashed, was killed, or "
+                         "lost its lease)")
+    return f"gave up after {attempts} attempts: {why}"
+
+
+def _prompt(job_settings: dict[str, Any], line: Line) -> PromptIn:
+    request = Request.from_row(line.custom_id, line.kind, line.request)
+    settings = GenerationSettings.merged(job_settings, request.params)
+    return PromptIn(line.id, request.messages, request.text, settings)
+
+
+def _started(line_ids: list[int], runtime: WorkerRuntime) -> None:
+    """Count an attempt for every line of a batch before it runs (see Line.attempts)."""
+    def bump() -> None:
+        with session_scope(runtime.settings) as session:
+            session.execute(update(Line).where(Line.id.in_(line_ids), Line.status == "pending")
+                            .values(attempts=Line.attempts + 1, started_at=utcnow()))
+
+    retrying(runtime.settings, "counting a batch's attempts", bump)
 
 
 def _record(output: BatchOutput, chunk_id: int, job_id: str, runtime: WorkerRuntime) -> bool:
     """Store one batch's lines and metrics in one commit. Returns False if the job was cancelled."""
-    now = utcnow()
-    with session_scope(runtime.settings) as session:
-        for c in output.completions:
-            values: dict[str, Any] = {"prompt_tokens": c.prompt_tokens, "finished_at": now}
-            if c.error is None:
-                values.update(status="succeeded", output=c.text, finish_reason=c.finish_reason,
-                              completion_tokens=c.completion_tokens)
-            else:
-                values.update(status="failed", error=c.error, completion_tokens=0)
-            # Only a pending line is written: a line is final once, whoever gets there first.
-            session.execute(update(Line).where(Line.id == c.key, Line.status == "pending")
-                            .values(**values))
-        s = output.stats
-        session.execute(update(Chunk).where(Chunk.id == chunk_id).values(
-            batches=Chunk.batches + (1 if s.rows else 0),
-            prompt_tokens=Chunk.prompt_tokens + s.prompt_tokens,
-            padded_prompt_tokens=Chunk.padded_prompt_tokens + s.padded_prompt_tokens,
-            completion_tokens=Chunk.completion_tokens + s.completion_tokens,
-            decode_slots=Chunk.decode_slots + s.decode_slots,
-            generate_seconds=Chunk.generate_seconds + s.seconds,
-            peak_memory_bytes=s.peak_memory_bytes,
-            lease_expires_at=now + timedelta(seconds=runtime.settings.lease_seconds)))
-        status = session.scalar(select(Job.status).where(Job.id == job_id))
-        return status != "cancelled"
+    def write() -> bool:
+        now = utcnow()
+        with session_scope(runtime.settings) as session:
+            for c in output.completions:
+                values: dict[str, Any] = {"prompt_tokens": c.prompt_tokens, "finished_at": now}
+                if c.error is None:
+                    values.update(status="succeeded", output=c.text, error=None,
+                                  finish_reason=c.finish_reason,
+                                  completion_tokens=c.completion_tokens)
+                else:
+                    values.update(status="failed", error=c.error, completion_tokens=0)
+                # Only a pending line is written: a line is final once, whoever gets there first.
+                session.execute(update(Line).where(Line.id == c.key, Line.status == "pending")
+                                .values(**values))
+            s = output.stats
+            session.execute(update(Chunk).where(Chunk.id == chunk_id).values(
+                batches=Chunk.batches + (1 if s.rows else 0),
+                prompt_tokens=Chunk.prompt_tokens + s.prompt_tokens,
+                padded_prompt_tokens=Chunk.padded_prompt_tokens + s.padded_prompt_tokens,
+                completion_tokens=Chunk.completion_tokens + s.completion_tokens,
+                decode_slots=Chunk.decode_slots + s.decode_slots,
+                generate_seconds=Chunk.generate_seconds + s.seconds,
+                peak_memory_bytes=s.peak_memory_bytes))
+            return session.scalar(select(Job.status).where(Job.id == job_id)) != "cancelled"
+
+    return retrying(runtime.settings, "storing a batch's results", write)
 
 
-def _fail_open_lines(chunk: Chunk, runtime: WorkerRuntime, reason: str) -> None:
-    with session_scope(runtime.settings) as session:
-        session.execute(update(Line).where(
-            Line.job_id == chunk.job_id, Line.chunk_seq == chunk.seq, Line.status == "pending")
-            .values(status="failed", error=reason, finished_at=utcnow()))
+def _note_error(line_ids: list[int], reason: str, runtime: WorkerRuntime) -> None:
+    """A batch raised: its lines stay pending, with the reason they will fail with if it lasts."""
+    def note() -> None:
+        with session_scope(runtime.settings) as session:
+            session.execute(update(Line).where(Line.id.in_(line_ids), Line.status == "pending")
+                            .values(error=reason))
+
+    retrying(runtime.settings, "noting a failed batch", note)
 
 
-def _finish(chunk: Chunk, runtime: WorkerRuntime) -> None:
-    with session_scope(runtime.settings) as session:
-        session.execute(update(Chunk).where(Chunk.id == chunk.id).values(
-            status="done", finished_at=utcnow(), lease_expires_at=None))
-        final = finish_job_if_done(session, chunk.job_id)
+def _fail(line_id: int, reason: str, runtime: WorkerRuntime) -> None:
+    def fail() -> None:
+        with session_scope(runtime.settings) as session:
+            session.execute(update(Line).where(Line.id == line_id, Line.status == "pending")
+                            .values(status="failed", error=reason, finished_at=utcnow()))
+
+    retrying(runtime.settings, "failing a line", fail)
+
+
+def _finish(chunk: Chunk, token: int, runtime: WorkerRuntime) -> None:
+    def finish() -> str | None:
+        with session_scope(runtime.settings) as session:
+            session.execute(update(Chunk).where(Chunk.id == chunk.id, Chunk.attempts == token)
+                            .values(status="done", finished_at=utcnow(), lease_expires_at=None))
+            return finish_job_if_done(session, chunk.job_id)
+
+    final = retrying(runtime.settings, "finishing a chunk", finish)
     if final:
         log.info("job %s %s", chunk.job_id, final)
 
 
+def _hand_back(chunk: Chunk, token: int, runtime: WorkerRuntime) -> None:
+    """Give the chunk up now (shutdown): queued again, with a message, for any worker."""
+    from batchq.celery_app import publish_chunks
+
+    def release() -> bool:
+        with session_scope(runtime.settings) as session:
+            return bool(session.execute(
+                update(Chunk).where(Chunk.id == chunk.id, Chunk.attempts == token)
+                .values(status="queued", worker=None, lease_expires_at=None,
+                        enqueued_at=utcnow())).rowcount)
+
+    if retrying(runtime.settings, "handing a chunk back", release):
+        try:
+            publish_chunks(runtime.settings, runtime.variant.queue, [chunk.id])
+        except Exception as exc:  # the sweep sends it once the broker is back
+            log.warning("chunk %s handed back, but its message could not be sent: %s",
+                        chunk.id, exc)
+
+
+class _ChunkRun:
+    """One claim's generation: batches of the lines never tried, then each suspect alone."""
+
+    def __init__(self, claim: _Claim, runtime: WorkerRuntime, lease: LeaseKeeper):
+        self.claim = claim
+        self.runtime = runtime
+        self.lease = lease
+        job_settings = json.loads(claim.job.settings)
+        self.prompts = {line.id: _prompt(job_settings, line) for line in claim.lines}
+        self.attempts = {line.id: line.attempts for line in claim.lines}
+        self.errors = {line.id: line.error for line in claim.lines}
+        self.in_flight: list[int] = []
+        self.done = self.failed = self.tokens = 0
+        self.seconds = 0.0
+        self.stopped: str | None = None  # cancelled | shutdown | lease lost
+
+    def run(self) -> None:
+        fresh = [i for i in self.prompts if self.attempts[i] == 0]
+        # Lines that were in a batch that never ended run alone: a line that crashes its
+        # worker then takes down only itself, and fails once it has used its attempts.
+        suspects = [i for i in self.prompts if self.attempts[i] > 0]
+        while fresh and not self.stopped:
+            fresh, raised = self._batches(fresh)
+            suspects += raised
+        for line_id in suspects:
+            while not self.stopped and self._alone(line_id):
+                pass
+
+    def _on_batch(self, keys: list[int]) -> None:
+        self.in_flight = list(keys)
+        for key in keys:
+            self.attempts[key] += 1
+        _started(keys, self.runtime)
+
+    def _batches(self, line_ids: list[int]) -> tuple[list[int], list[int]]:
+        """Run lines in the engine's batches. On an error, returns the lines not yet started
+        and those of the batch that raised."""
+        left = set(line_ids)
+        self.in_flight = []
+        try:
+            for output in self.runtime.engine.generate([self.prompts[i] for i in line_ids],
+                                                       on_batch=self._on_batch):
+                self._store(output)
+                left -= {c.key for c in output.completions}
+                if self.stopped:
+                    break
+        except Exception as exc:
+            # Outside any batch (while encoding, say), every line not yet done is a suspect.
+            raised = [i for i in self.in_flight if i in left] or [i for i in line_ids if i in left]
+            self._raised(raised, exc)
+            left -= set(raised)
+            return [i for i in line_ids if i in left], raised
+        return [], []
+
+    def _alone(self, line_id: int) -> bool:
+        """One attempt at one line; True if it should be tried again."""
+        if self.attempts[line_id] >= self.runtime.settings.max_attempts:
+            _fail(line_id, _gave_up(self.attempts[line_id], self.errors[line_id]), self.runtime)
+            self.failed += 1
+            return False
+        self.in_flight = []
+        try:
+            for output in self.runtime.engine.generate([self.prompts[line_id]],
+                                                       on_batch=self._on_batch):
+                self._store(output)
+        except Exception as exc:
+            if line_id not in self.in_flight:  # it raised before its batch began: still a try
+                self._on_batch([line_id])
+            self._raised([line_id], exc)
+            return True
+        return False
+
+    def _raised(self, line_ids: list[int], exc: Exception) -> None:
+        reason = f"generation failed: {type(exc).__name__}: {exc}"
+        log.warning("job=%s chunk=%s: a batch of %d line(s) raised %s; each runs alone next",
+                    self.claim.job.id, self.claim.chunk.seq, len(line_ids), type(exc).__name__)
+        for line_id in line_ids:
+            self.errors[line_id] = reason
+        if line_ids:
+            _note_error(line_ids, reason, self.runtime)
+
+    def _store(self, output: BatchOutput) -> None:
+        keep_going = _record(output, self.claim.chunk.id, self.claim.job.id, self.runtime)
+        self.done += sum(c.error is None for c in output.completions)
+        self.failed += sum(c.error is not None for c in output.completions)
+        self.tokens += output.stats.completion_tokens
+        self.seconds += output.stats.seconds
+        if not keep_going:
+            self.stopped = "cancelled"
+        elif self.lease.lost.is_set():
+            self.stopped = "lease lost"
+        elif shutdown_requested.is_set():
+            self.stopped = "shutdown"
+
+
 def run_chunk(chunk_id: int, runtime: WorkerRuntime) -> dict[str, Any]:
-    claim = _claim(chunk_id, runtime)
+    claim = retrying(runtime.settings, "claiming a chunk", lambda: _claim(chunk_id, runtime))
     if isinstance(claim, str):
         log.info("chunk %s skipped: %s", chunk_id, claim)
         return {"chunk": chunk_id, "skipped": claim}
-    job, chunk, lines = claim
+    job, chunk = claim.job, claim.chunk
     label = f"job={job.id} chunk={chunk.seq}/{job.total_chunks} lines={chunk.first_line}-{chunk.last_line}"
-    log.info("%s started (%d open lines)", label, len(lines))
-    done = failed = tokens = 0
-    seconds = 0.0
-    cancelled = False
-    try:
-        for output in runtime.engine.generate(_prompts(job, lines)):
-            keep_going = _record(output, chunk.id, job.id, runtime)
-            done += sum(c.error is None for c in output.completions)
-            failed += sum(c.error is not None for c in output.completions)
-            tokens += output.stats.completion_tokens
-            seconds += output.stats.seconds
-            if not keep_going:
-                cancelled = True
-                break
-    except Exception as exc:
-        log.exception("%s failed", label)
-        _fail_open_lines(chunk, runtime, f"generation failed: {type(exc).__name__}: {exc}")
-    _finish(chunk, runtime)
-    summary = {"job": job.id, "chunk": chunk.seq, "lines": len(lines), "succeeded": done,
-               "failed": failed, "completion_tokens": tokens,
-               "tokens_per_second": round(tokens / seconds, 1) if seconds else None}
-    if cancelled:
-        summary["cancelled"] = True
+    log.info("%s started (%d open lines)", label, len(claim.lines))
+    with LeaseKeeper(runtime.settings, chunk.id, claim.token) as lease:
+        work = _ChunkRun(claim, runtime, lease)
+        work.run()
+    if work.stopped == "shutdown":
+        _hand_back(chunk, claim.token, runtime)
+        log.info("%s handed back at shutdown", label)
+    elif work.stopped != "lease lost":
+        _finish(chunk, claim.token, runtime)
+    summary: dict[str, Any] = {
+        "job": job.id, "chunk": chunk.seq, "lines": len(claim.lines), "succeeded": work.done,
+        "failed": work.failed, "completion_tokens": work.tokens,
+        "tokens_per_second": round(work.tokens / work.seconds, 1) if work.seconds else None}
+    if work.stopped:
+        summary["stopped"] = work.stopped
     log.info("%s finished: %s", label, summary)
     return summary
 
