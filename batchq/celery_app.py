@@ -101,8 +101,15 @@ def publish_chunks(settings: Settings, queue: str, chunk_ids: Iterable[int]) -> 
 
 def queue_depth(settings: Settings, queue: str) -> int:
     """Messages waiting in a variant's queue (not counting those a worker holds)."""
+    from kombu.exceptions import ChannelError
+
     with app_for(settings).connection_for_read() as conn:
-        return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+        try:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except ChannelError as exc:
+            if "NOT_FOUND" in str(exc):  # Redis keeps no empty list: no queue is an empty one
+                return 0
+            raise
 
 
 @functools.cache

@@ -55,9 +55,19 @@ class BatchqGroup(click.Group):
             ctx.exit(1)
 
 
-def _setup_logging(verbose: bool, default: int = logging.WARNING) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else default, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+class _OneLine(logging.Formatter):
+    """`batchq: warning: ...` for a person at a terminal; a worker's log keeps timestamps."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"batchq: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: bool, default: int = logging.WARNING, timestamps: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+                         if verbose or timestamps else _OneLine())
+    logging.basicConfig(level=logging.DEBUG if verbose else default, handlers=[handler],
+                        force=True)
     if not verbose:
         for noisy in ("transformers", "httpx", "urllib3", "huggingface_hub", "bitsandbytes"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -145,18 +155,31 @@ def _final_exit(info: dict[str, Any]) -> None:
 @_quant_option
 @_generation_options
 @click.option("--name", help="A name to recognise the job by.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Run the valid lines and record each invalid one as a failed line with its "
+                   "reason, instead of refusing the whole file.")
 @click.option("--wait", is_flag=True, help="Show progress and exit 0 only if the job completed.")
-def submit(file, model, quant, max_new_tokens, temperature, top_p, name, wait):
+def submit(file, model, quant, max_new_tokens, temperature, top_p, name, skip_invalid, wait):
     """Validate FILE (JSONL, '-' for stdin), store it as a job and queue its chunks.
 
     Prints the job id, alone, on stdout.
     """
-    job_id = jobs.submit(file, model, quant, name=name,
+    refused: list[str] = []
+    job_id = jobs.submit(file, model, quant, name=name, skip_invalid=skip_invalid,
+                         refused=refused,
                          job_settings=_job_settings(max_new_tokens, temperature, top_p))
     click.echo(job_id)
     info = jobs.status(job_id)
-    click.echo(f"queued {info['counts']['total']} lines in {info['chunks']} chunk(s) on "
-               f"{info['queue']}", err=True)
+    c = info["counts"]
+    click.echo(f"queued {c['pending']} lines in {info['chunks']} chunk(s) on {info['queue']}",
+               err=True)
+    if c["failed"]:
+        click.echo(f"skipped {c['failed']} invalid line(s), recorded as failed "
+                   f"(`batchq results {job_id[:12]} --errors FILE` lists them):", err=True)
+        for problem in refused:
+            click.echo(f"  {problem}", err=True)
+        if c["failed"] > len(refused):
+            click.echo(f"  ... and {c['failed'] - len(refused)} more", err=True)
     if wait:
         _final_exit(jobs.wait(job_id, on_progress=_progress_printer()))
 
@@ -244,7 +267,8 @@ def _load_runtime(variant, gpu, settings, profile):
     if gpu is not None and device == "cpu":
         click.echo(f"batchq: warning: no CUDA device visible; GPU {gpu} ignored, running on CPU",
                    err=True)
-    engine = Engine.load(variant.model, variant.quant, device, None, profile.get("strategy"))
+    engine = Engine.load(variant.model, variant.quant, device, None, profile.get("strategy"),
+                         trust_remote_code=variant.trust_remote_code)
     engine.budget = _budget_overrides(engine.budget, profile)
     return start_runtime(engine, variant, settings)
 
@@ -279,6 +303,7 @@ def worker(model, quant, gpu, profile, max_batch_tokens, max_batch_rows, strateg
     settings = get_settings()
     variant = resolve(model, quant)
     jobs.check_broker(settings)
+    _setup_logging(click.get_current_context().meta.get("verbose", False), timestamps=True)
     logging.getLogger("batchq").setLevel(loglevel.upper())
     runtime = _load_runtime(variant, gpu, settings, prof)
     engine = runtime.engine
@@ -390,6 +415,24 @@ def cancel(job):
 
 
 @cli.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Show progress and exit 0 only if the job completed.")
+def retry(job, wait):
+    """Run JOB's failed lines again as new attempts; its succeeded lines stay as they are."""
+    done = jobs.retry(job)
+    if done.lines == 0:
+        click.echo(f"job {done.job_id}: no failed line to retry"
+                   + (f" ({done.refused} refused input line(s) cannot run; fix them and submit "
+                      "them again)" if done.refused else ""), err=True)
+        return
+    click.echo(f"job {done.job_id}: {done.lines} failed line(s) queued again in {done.chunks} "
+               f"chunk(s)" + (f"; {done.refused} refused input line(s) stay failed"
+                              if done.refused else ""), err=True)
+    if wait:
+        _final_exit(jobs.wait(done.job_id, on_progress=_progress_printer()))
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models(as_json):
     """The model catalogue. Any other Hugging Face id or a local directory works too."""
@@ -484,7 +527,8 @@ def bench(model, random_alias, quant, gpu, prompts, seed, prompt_tokens, output_
     variant = resolve(model, quant)
     device = pick_device(gpu)
     click.echo(f"loading {variant.model} ({variant.quant}) on {device}", err=True)
-    engine = Engine.load(variant.model, variant.quant, device)
+    engine = Engine.load(variant.model, variant.quant, device,
+                         trust_remote_code=variant.trust_remote_code)
     engine.budget = _budget_overrides(engine.budget, {"max_batch_tokens": max_batch_tokens,
                                                       "max_batch_rows": max_batch_rows})
     engine.ignore_eos = bool(ignore_eos)

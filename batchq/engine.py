@@ -204,22 +204,30 @@ class Engine:
 
     @classmethod
     def load(cls, model_ref: str, quant: str = "none", device: str | None = None,
-             budget: BatchBudget | None = None, strategy: str | None = None) -> Engine:
-        """Load once per worker. A local directory and a Hugging Face id take the same path."""
+             budget: BatchBudget | None = None, strategy: str | None = None,
+             trust_remote_code: bool = False) -> Engine:
+        """Load once per worker. A local directory and a Hugging Face id take the same path.
+
+        Code shipped with a model runs only if its catalogue entry says so (trust_remote_code);
+        Qwen2 and Qwen3 are built into transformers and need none.
+        """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = device or pick_device()
+        remote = {"trust_remote_code": trust_remote_code}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model_ref)
+            tokenizer = AutoTokenizer.from_pretrained(model_ref, **remote)
             qconfig = quantization_config(quant, device)
             if qconfig is None:
                 dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-                model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=dtype).to(device)
+                model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=dtype,
+                                                             **remote).to(device)
             else:
                 model = AutoModelForCausalLM.from_pretrained(
-                    model_ref, quantization_config=qconfig, device_map={"": device})
-        except OSError as exc:
+                    model_ref, quantization_config=qconfig, device_map={"": device}, **remote)
+        except (OSError, ValueError) as exc:
+            # ValueError: among others, a model that needs its own code without permission.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise NotFound(f"cannot load model {model_ref!r}: {first}") from exc
         model.eval()

@@ -15,19 +15,28 @@ class ConfigError(BatchqError):
     exit_code = 2
 
 
+class NotNow(BatchqError):
+    """The job is not in a state that allows this (retrying a running job, say)."""
+
+    exit_code = 2
+
+
 class InputError(BatchqError):
-    """The submitted file was refused; `problems` lists one message per bad line."""
+    """The submitted file was refused; `problems` lists one message per bad line (the first
+    few). A problem with the whole file (too big, empty) is a headline with no problems."""
 
     exit_code = 3
 
-    def __init__(self, path: str, problems: list[str], total_bad: int):
+    def __init__(self, path: str, problems: list[str], total_bad: int,
+                 headline: str | None = None):
         self.path = path
         self.problems = problems
         self.total_bad = total_bad
         shown = "\n".join(problems)
         more = total_bad - len(problems)
         tail = f"\n... and {more} more invalid line(s)" if more > 0 else ""
-        super().__init__(f"{path}: {total_bad} invalid line(s), no job created\n{shown}{tail}")
+        headline = headline or f"{path}: {total_bad} invalid line(s), no job created"
+        super().__init__("\n".join(part for part in (headline, shown + tail) if part))
 
 
 class NotFound(BatchqError):

@@ -257,7 +257,8 @@ def render_result(result: LineResult, job_id: str, model: str, created: int) -> 
         return _render_openai(result, job_id, model, created)
     error = None
     if result.status in ("failed", "cancelled"):
-        error = {"code": result.status, "message": result.error or result.status}
+        code = "invalid_input" if result.kind == "invalid" else result.status
+        error = {"code": code, "message": result.error or result.status}
     return {"custom_id": result.custom_id, "status": result.status, "output": result.output,
             "finish_reason": result.finish_reason, "usage": result.usage, "error": error}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import logging
 import sys
 import tempfile
 import time
@@ -12,7 +12,7 @@ import uuid
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,11 +21,13 @@ from sqlalchemy import func, insert, select, update
 from batchq.batching import order_key
 from batchq.db import aware, session_scope, utcnow
 from batchq.engine import DEFAULT_MAX_NEW_TOKENS
-from batchq.errors import BatchqError, InputError, NotFound, ServiceUnavailable
+from batchq.errors import BatchqError, InputError, NotFound, NotNow, ServiceUnavailable
 from batchq.inputs import LineError, LineResult, Request, iter_raw_lines, parse_line, render_result
-from batchq.models import Chunk, Job, Line
+from batchq.models import INVALID_KIND, Chunk, Job, Line
 from batchq.settings import Settings, get_settings, redact
 from batchq.variants import resolve
+
+log = logging.getLogger(__name__)
 
 MAX_PROBLEMS_SHOWN = 20
 INSERT_BATCH = 1000
@@ -46,12 +48,23 @@ class JobSettings:
 
 # ---------------------------------------------------------------- submit
 
+def _too_big(name: str, size: int | str, settings: Settings) -> InputError:
+    return InputError(name, [], 0, f"{name}: {size} bytes, over the limit of "
+                      f"{settings.max_file_bytes} (BATCHQ_MAX_FILE_BYTES); no job created")
+
+
 @contextmanager
-def _open_input(path: str) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+def _open_input(path: str, settings: Settings) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
     """A name for messages and a way to read the input twice (stdin is spooled to disk)."""
     if path == "-":
         with tempfile.TemporaryFile() as spool:
-            shutil.copyfileobj(sys.stdin.buffer, spool)
+            copied = 0
+            while block := sys.stdin.buffer.read(1 << 20):
+                copied += len(block)
+                if copied > settings.max_file_bytes:
+                    raise _too_big("<stdin>", "more than " + str(settings.max_file_bytes),
+                                   settings)
+                spool.write(block)
 
             def reopen() -> IO[bytes]:
                 spool.seek(0)
@@ -62,6 +75,9 @@ def _open_input(path: str) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
     file = Path(path)
     if not file.is_file():
         raise NotFound(f"{path}: no such file")
+    size = file.stat().st_size
+    if size > settings.max_file_bytes:
+        raise _too_big(path, size, settings)
     yield path, lambda: file.open("rb")
 
 
@@ -85,39 +101,69 @@ def _size_key(request: Request, default_limit: int) -> int:
     return (bucket << 40) | min(length, (1 << 40) - 1)
 
 
+def _check_line(raw: bytes, line_no: int, settings: Settings) -> Request:
+    if len(raw) > settings.max_line_bytes:
+        raise LineError(f"line is {len(raw)} bytes, over the limit of "
+                        f"{settings.max_line_bytes} (BATCHQ_MAX_LINE_BYTES)")
+    return parse_line(raw, line_no)
+
+
+@dataclass
+class _Checked:
+    """What the first pass keeps: counts, the refused lines' reasons and each line's size key."""
+
+    accepted: int = 0
+    refused: dict[int, str] = field(default_factory=dict)  # line number -> reason
+    problems: list[str] = field(default_factory=list)  # the first few, for people
+    sizes: array = field(default_factory=lambda: array("q"))
+
+
 def _validate(name: str, stream: IO[bytes], settings: Settings,
-              sizes: array | None = None, default_limit: int = DEFAULT_MAX_NEW_TOKENS) -> int:
-    """First pass: every line checked, nothing kept but counts, id digests and size keys."""
-    problems: list[str] = []
-    bad = 0
-    accepted = 0
+              default_limit: int = DEFAULT_MAX_NEW_TOKENS) -> _Checked:
+    """First pass: every line checked; nothing kept but counts, id digests and size keys."""
+    checked = _Checked()
     seen: dict[bytes, int] = {}  # 8-byte digest of custom_id -> first line number
     for line_no, raw in iter_raw_lines(stream):
         try:
-            if len(raw) > settings.max_line_bytes:
-                raise LineError(f"line is {len(raw)} bytes, over the limit of "
-                                f"{settings.max_line_bytes} (BATCHQ_MAX_LINE_BYTES)")
-            request = parse_line(raw, line_no)
+            request = _check_line(raw, line_no, settings)
             digest = hashlib.blake2b(request.custom_id.encode(), digest_size=8).digest()
             if digest in seen:
                 raise LineError(f"duplicate custom_id {request.custom_id!r} "
                                 f"(first used on line {seen[digest]})")
             seen[digest] = line_no
-            accepted += 1
-            if sizes is not None:
-                sizes.append(_size_key(request, default_limit))
+            checked.accepted += 1
+            checked.sizes.append(_size_key(request, default_limit))
         except LineError as exc:
-            bad += 1
-            if len(problems) < MAX_PROBLEMS_SHOWN:
-                problems.append(f"{name}:{line_no}: {exc}")
-        if accepted + bad > settings.max_file_lines:
-            raise InputError(name, [f"{name}: more than {settings.max_file_lines} lines "
-                                    "(BATCHQ_MAX_FILE_LINES)"], 1)
-    if bad:
-        raise InputError(name, problems, bad)
-    if accepted == 0:
-        raise InputError(name, [f"{name}: the file has no lines to run"], 1)
-    return accepted
+            checked.refused[line_no] = str(exc)
+            if len(checked.problems) < MAX_PROBLEMS_SHOWN:
+                checked.problems.append(f"{name}:{line_no}: {exc}")
+        if checked.accepted + len(checked.refused) > settings.max_file_lines:
+            raise InputError(name, [], 0, f"{name}: more than {settings.max_file_lines} lines "
+                             "(BATCHQ_MAX_FILE_LINES); no job created")
+    return checked
+
+
+def _refuse(name: str, checked: _Checked, skip_invalid: bool) -> None:
+    """Raise InputError unless the file may become a job (with --skip-invalid, bad lines may)."""
+    if checked.refused and not skip_invalid:
+        raise InputError(name, checked.problems, len(checked.refused))
+    if checked.accepted == 0:
+        if checked.refused:
+            raise InputError(name, checked.problems, len(checked.refused),
+                             f"{name}: no valid line among {len(checked.refused)}, no job created")
+        raise InputError(name, [], 0, f"{name}: the file has no lines to run; no job created")
+
+
+def _guess_custom_id(raw: bytes, line_no: int, settings: Settings) -> str:
+    """A refused line's own custom_id when it has a readable one, else line-N."""
+    if len(raw) <= settings.max_line_bytes:
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str) and obj["custom_id"]:
+            return obj["custom_id"]
+    return f"line-{line_no}"
 
 
 def validate_file(path: str, settings: Settings | None = None) -> int:
@@ -126,8 +172,10 @@ def validate_file(path: str, settings: Settings | None = None) -> int:
     Raises InputError naming each bad line (the first 20, then a count).
     """
     settings = settings or get_settings()
-    with _open_input(path) as (source, reopen), reopen() as stream:
-        return _validate(source, stream, settings)
+    with _open_input(path, settings) as (source, reopen), reopen() as stream:
+        checked = _validate(source, stream, settings)
+    _refuse(source, checked, skip_invalid=False)
+    return checked.accepted
 
 
 def check_broker(settings: Settings) -> None:
@@ -135,7 +183,9 @@ def check_broker(settings: Settings) -> None:
 
     try:
         with app_for(settings).connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+            # About ten seconds of retries: a broker that is restarting is waited for.
+            conn.ensure_connection(max_retries=4, interval_start=0.5, interval_step=1,
+                                   interval_max=3, timeout=5)
     except Exception as exc:  # kombu raises several types for one meaning
         raise ServiceUnavailable(
             f"cannot reach the broker at {redact(settings.broker_url)}: {exc}") from exc
@@ -143,21 +193,26 @@ def check_broker(settings: Settings) -> None:
 
 def submit(path: str, model: str, quant: str | None = None, *,
            job_settings: JobSettings | None = None, name: str | None = None,
-           settings: Settings | None = None) -> str:
+           settings: Settings | None = None, skip_invalid: bool = False,
+           refused: list[str] | None = None) -> str:
     """Validate the whole file, store job, lines and chunks in one transaction, then enqueue.
 
-    Returns the new job's id. Raises InputError (nothing stored) if any line is invalid.
+    Returns the new job's id. Raises InputError (nothing stored) if any line is invalid, unless
+    skip_invalid: then each bad line is stored as a failed line with its reason (the first
+    few reasons are appended to `refused`), and the good ones run.
     """
     settings = settings or get_settings()
     variant = resolve(model, quant)
     job_settings = job_settings or JobSettings()
     default_limit = job_settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    with _open_input(path) as (source, reopen):
-        sizes = array("q")
+    with _open_input(path, settings) as (source, reopen):
         with reopen() as stream:
-            total = _validate(source, stream, settings, sizes, default_limit)
-        chunk_of = _chunk_by_size(sizes, settings.chunk_size)
-        del sizes
+            checked = _validate(source, stream, settings, default_limit)
+        _refuse(source, checked, skip_invalid)
+        if refused is not None:
+            refused.extend(checked.problems)
+        chunk_of = _chunk_by_size(checked.sizes, settings.chunk_size)
+        checked.sizes = array("q")
         check_broker(settings)
         job_id = uuid.uuid4().hex
         now = utcnow()
@@ -165,29 +220,44 @@ def submit(path: str, model: str, quant: str | None = None, *,
             session.add(Job(
                 id=job_id, name=name, source=source, model=variant.model, quant=variant.quant,
                 queue=variant.queue, status="queued", settings=json.dumps(job_settings.to_dict()),
-                total_lines=total, total_chunks=0, created_at=now))
+                total_lines=checked.accepted + len(checked.refused), total_chunks=0,
+                created_at=now))
             session.flush()
             rows: list[dict[str, Any]] = []
             spans: dict[int, list[int]] = {}  # chunk seq -> [first line, last line]
+            accepted = 0
             with reopen() as stream:
-                for index, (line_no, raw) in enumerate(iter_raw_lines(stream)):
-                    request = parse_line(raw, line_no)
-                    seq = chunk_of[index]
-                    spans.setdefault(seq, [line_no, line_no])[1] = line_no
-                    rows.append({"job_id": job_id, "line_no": line_no, "chunk_seq": seq,
-                                 "custom_id": request.custom_id, "kind": request.kind,
-                                 "request": request.to_json(), "status": "pending",
-                                 "attempts": 0, "created_at": now})
+                for line_no, raw in iter_raw_lines(stream):
+                    if line_no in checked.refused:
+                        rows.append(_refused_row(job_id, line_no, checked.refused[line_no],
+                                                 _guess_custom_id(raw, line_no, settings), now))
+                    else:
+                        request = _check_line(raw, line_no, settings)
+                        seq = chunk_of[accepted]
+                        accepted += 1
+                        spans.setdefault(seq, [line_no, line_no])[1] = line_no
+                        rows.append({"job_id": job_id, "line_no": line_no, "chunk_seq": seq,
+                                     "custom_id": request.custom_id, "kind": request.kind,
+                                     "request": request.to_json(), "status": "pending",
+                                     "attempts": 0, "created_at": now})
                     if len(rows) >= INSERT_BATCH:
                         session.execute(insert(Line), rows)
                         rows = []
             if rows:
                 session.execute(insert(Line), rows)
-            chunks = [_chunk_row(job_id, seq, *spans[seq]) for seq in sorted(spans)]
+            chunks = [_chunk_row(job_id, seq, *spans[seq], now) for seq in sorted(spans)]
             session.execute(insert(Chunk), chunks)
             session.execute(update(Job).where(Job.id == job_id).values(total_chunks=len(chunks)))
         enqueue_chunks(job_id, settings)
     return job_id
+
+
+def _refused_row(job_id: str, line_no: int, reason: str, custom_id: str, now) -> dict[str, Any]:
+    # Chunk 0 is no chunk: the line never runs. Its request is not kept: it was not valid.
+    return {"job_id": job_id, "line_no": line_no, "chunk_seq": 0, "custom_id": custom_id,
+            "kind": INVALID_KIND, "request": "null", "status": "failed",
+            "error": f"invalid input line {line_no}: {reason}", "attempts": 0,
+            "created_at": now, "finished_at": now}
 
 
 def _chunk_by_size(sizes: array, chunk_size: int) -> array:
@@ -203,34 +273,38 @@ def _chunk_by_size(sizes: array, chunk_size: int) -> array:
     return chunk_of
 
 
-def _chunk_row(job_id: str, seq: int, first_line: int, last_line: int) -> dict[str, Any]:
+def _chunk_row(job_id: str, seq: int, first_line: int, last_line: int, now) -> dict[str, Any]:
     return {"job_id": job_id, "seq": seq, "first_line": first_line, "last_line": last_line,
-            "status": "queued", "attempts": 0, "batches": 0, "prompt_tokens": 0,
+            "status": "queued", "attempts": 0, "enqueued_at": now, "batches": 0,
+            "prompt_tokens": 0,
             "padded_prompt_tokens": 0, "completion_tokens": 0, "decode_slots": 0,
             "generate_seconds": 0.0, "peak_memory_bytes": 0}
 
 
-def enqueue_chunks(job_id: str, settings: Settings) -> int:
-    """One message per queued chunk, carrying only the chunk id."""
-    from batchq.celery_app import RUN_CHUNK, app_for
+def enqueue_chunks(job_id: str, settings: Settings, chunk_ids: list[int] | None = None) -> bool:
+    """One message per queued chunk of the job (or the given ones), carrying only the chunk id.
+
+    Returns False if the broker could not take them: the job is stored all the same, and the
+    workers' sweep sends the messages once the broker is back (batchq.recovery).
+    """
+    from batchq.celery_app import publish_chunks
 
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         assert job is not None
-        chunk_ids = session.scalars(
-            select(Chunk.id).where(Chunk.job_id == job_id, Chunk.status == "queued")
-            .order_by(Chunk.seq)).all()
+        if chunk_ids is None:
+            chunk_ids = list(session.scalars(
+                select(Chunk.id).where(Chunk.job_id == job_id, Chunk.status == "queued")
+                .order_by(Chunk.seq)))
         queue = job.queue
-    app = app_for(settings)
     try:
-        with app.producer_or_acquire() as producer:
-            for chunk_id in chunk_ids:
-                app.send_task(RUN_CHUNK, args=[chunk_id], queue=queue, producer=producer)
-    except Exception as exc:
-        raise ServiceUnavailable(
-            f"job {job_id} is stored but its chunks could not be queued on "
-            f"{redact(settings.broker_url)}: {exc}") from exc
-    return len(chunk_ids)
+        publish_chunks(settings, queue, chunk_ids)
+    except Exception as exc:  # kombu raises several types for one meaning
+        log.warning("job %s is stored, but its chunks could not be queued on %s (%s); the "
+                    "workers' sweep will queue them when the broker is back", job_id,
+                    redact(settings.broker_url), exc)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- reading jobs
@@ -327,6 +401,52 @@ def cancel(job_ref: str, settings: Settings | None = None) -> dict[str, Any]:
         return _describe(session, job)
 
 
+@dataclass(frozen=True)
+class Retried:
+    job_id: str
+    lines: int  # failed lines queued again
+    chunks: int
+    refused: int  # failed lines that were refused input: they cannot run again
+    queued: bool  # False if the broker was away (the sweep queues them later)
+
+
+def retry(job_ref: str, settings: Settings | None = None) -> Retried:
+    """Run a finished job's failed lines again as new attempts; succeeded lines stay as they are.
+
+    Lines refused at submit (--skip-invalid) have nothing valid to run and stay failed.
+    """
+    settings = settings or get_settings()
+    now = utcnow()
+    with session_scope(settings) as session:
+        job = _find(session, job_ref)
+        session.refresh(job, with_for_update=True)
+        if job.status not in ("completed", "failed"):
+            what = ("was cancelled; submit its lines again" if job.status == "cancelled"
+                    else f"is still {job.status}; retry it once it has finished")
+            raise NotNow(f"job {job.id} {what}")
+        failed = Line.job_id == job.id, Line.status == "failed"
+        refused = session.scalar(select(func.count()).where(*failed, Line.kind == INVALID_KIND))
+        seqs = sorted(set(session.scalars(
+            select(Line.chunk_seq).where(*failed, Line.kind != INVALID_KIND))))
+        if not seqs:
+            return Retried(job.id, 0, 0, refused, True)
+        lines = session.execute(
+            update(Line).where(*failed, Line.kind != INVALID_KIND)
+            .values(status="pending", attempts=0, error=None, output=None, finish_reason=None,
+                    prompt_tokens=None, completion_tokens=None, started_at=None,
+                    finished_at=None)).rowcount
+        chunk_ids = list(session.scalars(select(Chunk.id).where(
+            Chunk.job_id == job.id, Chunk.seq.in_(seqs)).order_by(Chunk.seq)))
+        session.execute(update(Chunk).where(Chunk.id.in_(chunk_ids)).values(
+            status="queued", worker=None, lease_expires_at=None, finished_at=None,
+            enqueued_at=now))
+        job.status = "queued"
+        job.finished_at = None
+        job_id = job.id
+    queued = enqueue_chunks(job_id, settings, chunk_ids)
+    return Retried(job_id, lines, len(chunk_ids), refused, queued)
+
+
 def wait(job_ref: str, settings: Settings | None = None, poll_seconds: float = 1.0,
          on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Block until the job is final; returns its last description."""
@@ -389,8 +509,8 @@ def finish_job_if_done(session, job_id: str) -> str | None:
     return job.status
 
 
-__all__ = ["BatchqError", "JobSettings", "cancel", "chunk_ids", "list_jobs", "results", "status",
-           "submit", "validate_file", "wait", "write_results"]
+__all__ = ["BatchqError", "JobSettings", "cancel", "chunk_ids", "list_jobs", "results", "retry",
+           "status", "submit", "validate_file", "wait", "write_results"]
 
 
 def chunk_ids(job_ref: str, settings: Settings | None = None) -> list[int]:

@@ -125,14 +125,15 @@ def sweep(settings: Settings, queue: str) -> int:
     """One pass: re-send expired and lost chunks of one variant. Returns how many were sent."""
     from batchq.celery_app import publish_chunks, queue_depth
 
-    chunk_ids = requeue_expired(settings, queue)
-    if queue_depth(settings, queue) == 0:
-        chunk_ids += take_unsent(settings, queue)
-    if chunk_ids:
-        # If this publish fails, the chunks stay queued with a fresh enqueued_at, and a later
-        # sweep sends them once the broker is back and their lease-long grace has passed.
-        publish_chunks(settings, queue, chunk_ids)
-    return len(chunk_ids)
+    # If a publish fails, its chunks stay queued with a fresh enqueued_at, and a later sweep
+    # sends them once the broker is back and their lease-long grace has passed.
+    expired = requeue_expired(settings, queue)
+    if expired:
+        publish_chunks(settings, queue, expired)
+    unsent = take_unsent(settings, queue) if queue_depth(settings, queue) == 0 else []
+    if unsent:
+        publish_chunks(settings, queue, unsent)
+    return len(expired) + len(unsent)
 
 
 class Sweeper:

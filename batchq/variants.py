@@ -63,6 +63,11 @@ class Variant:
     def queue(self) -> str:
         return queue_name(self.slug, self.quant)
 
+    @property
+    def trust_remote_code(self) -> bool:
+        """Only a catalogue entry may allow a model's own code to run; ids and paths never do."""
+        return bool(self.entry and self.entry.trust_remote_code)
+
 
 def queue_name(slug: str, quant: str) -> str:
     """The single definition of a variant's Celery queue name."""

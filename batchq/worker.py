@@ -118,7 +118,7 @@ def _claim(chunk_id: int, runtime: WorkerRuntime) -> _Claim | str:
         session.refresh(chunk)
         if job.status == "queued":
             job.status = "running"
-            job.started_at = now
+            job.started_at = job.started_at or now  # a retried job keeps its first start
         lines = list(session.scalars(
             select(Line).where(Line.job_id == job.id, Line.chunk_seq == chunk.seq,
                                Line.status == "pending")

@@ -101,12 +101,20 @@ def batchq(*args: str, env: dict[str, str], input: str | None = None,
                           text=True, timeout=timeout)
 
 
+REPO = Path(__file__).resolve().parent.parent
+# The real CLI with faults injected into the engine (tests/fault_launcher.py).
+FAULTY_BATCHQ = [sys.executable, "-m", "tests.fault_launcher"]
+
+
 class WorkerProcess:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+    def __init__(self, args: list[str], env: dict[str, str], log: Path,
+                 command: list[str] | None = None):
         self.log = log
         self._file = log.open("w")
-        self.proc = subprocess.Popen([BATCHQ, "worker", *args], env=env, stdout=self._file,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**env, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen([*(command or [BATCHQ]), "worker", *args], env=env,
+                                     stdout=self._file, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=REPO)
 
     def text(self) -> str:
         return self.log.read_text()
@@ -120,6 +128,11 @@ class WorkerProcess:
                 raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.text()}")
             time.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout}s:\n{self.text()}")
+
+    def kill(self) -> None:
+        """kill -9: no handback, no goodbye; its lease must run out."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -137,10 +150,15 @@ def start_worker(tmp_path):
     """Start `batchq worker` subprocesses; all are stopped at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict[str, str]) -> WorkerProcess:
-        worker = WorkerProcess(list(args), env, tmp_path / f"worker-{len(started)}.log")
+    def start(*args: str, env: dict[str, str], faults: str | None = None,
+              ready: bool = True) -> WorkerProcess:
+        command = None
+        if faults is not None:
+            env, command = {**env, "BATCHQ_TEST_FAULT": faults}, FAULTY_BATCHQ
+        worker = WorkerProcess(list(args), env, tmp_path / f"worker-{len(started)}.log", command)
         started.append(worker)
-        worker.wait_ready()
+        if ready:
+            worker.wait_ready()
         return worker
 
     yield start
