@@ -17,7 +17,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import batchq, wait_for
+from tests.conftest import BATCHQ, batchq, wait_for
 from tests.exactly_once import check_exactly_once
 
 pytestmark = [pytest.mark.fault, pytest.mark.services]
@@ -344,7 +344,7 @@ def test_redis_restarting_empty_is_waited_out_by_workers_and_submit(
     # A submit that starts while Redis is down goes through once it is back.
     private_redis.stop()
     late = subprocess.Popen(
-        [str(tests_batchq()), "submit", str(data), "--model", str(tiny_model),
+        [BATCHQ, "submit", str(data), "--model", str(tiny_model),
          "--max-new-tokens", "4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     time.sleep(2)
@@ -354,8 +354,3 @@ def test_redis_restarting_empty_is_waited_out_by_workers_and_submit(
     assert wait_final(env, out.strip()) == "completed"
     check_exactly_once(env, out.strip(), [r["custom_id"] for r in rows])
 
-
-def tests_batchq():
-    from tests.conftest import BATCHQ
-
-    return BATCHQ
