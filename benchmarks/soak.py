@@ -128,15 +128,17 @@ def main() -> None:
         for w in workers:  # the supervisor: restart what died
             if w.proc and w.proc.poll() is not None:
                 w.start()
-        pending = [k for k in kills if k["recovered_s"] is None]
-        for k in pending:
-            if k["chunk"] is None:
-                k["recovered_s"] = 0.0
+        for k in kills:
+            if k["chunk"] is None or k["recovered_s"] is not None:
                 continue
-            (attempts,), = query("SELECT attempts FROM chunks WHERE id = :c", c=k["chunk"])
-            (status,), = query("SELECT status FROM chunks WHERE id = :c", c=k["chunk"])
-            if attempts > k["attempts"] or status == "done":
-                k["recovered_s"] = round(time.monotonic() - k["at"], 2)
+            (attempts, status), = query("SELECT attempts, status FROM chunks WHERE id = :c",
+                                        c=k["chunk"])
+            since = round(time.monotonic() - k["at"], 2)
+            moved = attempts > k["attempts"] or status == "done"
+            if k["requeued_s"] is None and (moved or status == "queued"):
+                k["requeued_s"] = since  # the sweep found the expired lease
+            if moved:
+                k["recovered_s"] = since  # a worker claimed it again
         if time.monotonic() >= next_kill:
             victim = rng.choice(workers)
             held = query("SELECT id, attempts FROM chunks WHERE status = 'running' AND "
@@ -144,7 +146,7 @@ def main() -> None:
             victim.kill()
             kills.append({"worker": victim.n, "chunk": held[0][0] if held else None,
                           "attempts": held[0][1] if held else None, "at": time.monotonic(),
-                          "recovered_s": None})
+                          "requeued_s": None, "recovered_s": None})
             victim.start()
             next_kill = time.monotonic() + rng.uniform(*opts.kill_every)
         time.sleep(0.2)
@@ -160,7 +162,8 @@ def main() -> None:
                              "WHERE job_id = :j", j=job)
     (line_tokens,), = query("SELECT COALESCE(SUM(completion_tokens), 0) FROM lines "
                             "WHERE job_id = :j AND status = 'succeeded'", j=job)
-    recoveries = [k["recovered_s"] for k in kills if k["chunk"] and k["recovered_s"] is not None]
+    recoveries = [k["recovered_s"] for k in kills if k["recovered_s"] is not None]
+    requeues = [k["requeued_s"] for k in kills if k["requeued_s"] is not None]
     report = {
         "date": time.strftime("%Y-%m-%d"), "lines": opts.lines, "workers": opts.workers,
         "lease_seconds": opts.lease, "chunk_size": opts.chunk_size,
@@ -168,8 +171,12 @@ def main() -> None:
         "outcome": seen, "stored_rows": stored, "duplicate_outputs": stored - distinct,
         "lines_run_more_than_once": rerun,
         "tokens_recorded_twice": int(chunk_tokens) - int(line_tokens),
-        "recovery_seconds_median": statistics.median(recoveries) if recoveries else None,
-        "recovery_seconds_max": max(recoveries) if recoveries else None,
+        # Kill -> the sweep puts the chunk back in the queue (lease expiry + sweep interval).
+        "requeue_seconds_median": statistics.median(requeues) if requeues else None,
+        "requeue_seconds_max": max(requeues) if requeues else None,
+        # Kill -> a worker claims it again: includes waiting behind the job's queued chunks.
+        "reclaim_seconds_median": statistics.median(recoveries) if recoveries else None,
+        "reclaim_seconds_max": max(recoveries) if recoveries else None,
         "wall_seconds": round(wall, 1), "lines_per_second": round(opts.lines / wall, 1)}
     print(json.dumps(report, indent=2))
     if opts.json_path:
