@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 
 from batchq.db import retrying, session_scope, utcnow
 from batchq.engine import BatchOutput, Engine, GenerationSettings, PromptIn
+from batchq.errors import ServiceUnavailable
 from batchq.inputs import Request
 from batchq.jobs import FINAL_JOB_STATUSES, finish_job_if_done
 from batchq.models import Chunk, Job, Line
@@ -285,6 +286,8 @@ class _ChunkRun:
                 left -= {c.key for c in output.completions}
                 if self.stopped:
                     break
+        except ServiceUnavailable:
+            raise  # the database stayed away: not the lines' fault; the lease runs out instead
         except Exception as exc:
             # Outside any batch (while encoding, say), every line not yet done is a suspect.
             raised = [i for i in self.in_flight if i in left] or [i for i in line_ids if i in left]
@@ -304,6 +307,8 @@ class _ChunkRun:
             for output in self.runtime.engine.generate([self.prompts[line_id]],
                                                        on_batch=self._on_batch):
                 self._store(output)
+        except ServiceUnavailable:
+            raise
         except Exception as exc:
             if line_id not in self.in_flight:  # it raised before its batch began: still a try
                 self._on_batch([line_id])
