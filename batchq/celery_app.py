@@ -87,16 +87,13 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-def publish_chunks(settings: Settings, queue: str, chunk_ids: Iterable[int]) -> int:
+def publish_chunks(settings: Settings, queue: str, chunk_ids: Iterable[int]) -> None:
     """One message per chunk, carrying only its id. Raises what kombu raises if the broker is
     away after the publish retries; callers decide what that means."""
     app = app_for(settings)
-    sent = 0
     with app.producer_or_acquire() as producer:
         for chunk_id in chunk_ids:
             app.send_task(RUN_CHUNK, args=[chunk_id], queue=queue, producer=producer)
-            sent += 1
-    return sent
 
 
 def queue_depth(settings: Settings, queue: str) -> int:

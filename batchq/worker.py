@@ -88,10 +88,7 @@ class _Claim:
 
 
 def _claim(chunk_id: int, runtime: WorkerRuntime) -> _Claim | str:
-    """Take the chunk if nobody holds a live lease on it. Returns why not, as a string.
-
-    Lines that have already died in BATCHQ_MAX_ATTEMPTS batches fail here, with their reason.
-    """
+    """Take the chunk if nobody holds a live lease on it. Returns why not, as a string."""
     now = utcnow()
     settings = runtime.settings
     with session_scope(settings) as session:
@@ -124,18 +121,7 @@ def _claim(chunk_id: int, runtime: WorkerRuntime) -> _Claim | str:
             select(Line).where(Line.job_id == job.id, Line.chunk_seq == chunk.seq,
                                Line.status == "pending")
             .order_by(Line.line_no)))
-        open_lines = []
-        for line in lines:
-            if line.attempts >= settings.max_attempts:
-                line.status = "failed"
-                line.error = _gave_up(line.attempts, line.error)
-                line.finished_at = now
-                log.warning("job=%s line=%s failed after %d attempts", job.id, line.line_no,
-                            line.attempts)
-            else:
-                open_lines.append(line)
-        session.flush()
-        return _Claim(job, chunk, open_lines, chunk.attempts)
+        return _Claim(job, chunk, lines, chunk.attempts)
 
 
 def _gave_up(attempts: int, last_error: str | None) -> str:
@@ -150,14 +136,15 @@ def _prompt(job_settings: dict[str, Any], line: Line) -> PromptIn:
     return PromptIn(line.id, request.messages, request.text, settings)
 
 
-def _started(line_ids: list[int], runtime: WorkerRuntime) -> None:
-    """Count an attempt for every line of a batch before it runs (see Line.attempts)."""
-    def bump() -> None:
+def _update_pending(runtime: WorkerRuntime, what: str, line_ids: list[int],
+                    **values: Any) -> None:
+    """Change lines that are still pending, in one transaction that outlasts an outage."""
+    def update_lines() -> None:
         with session_scope(runtime.settings) as session:
             session.execute(update(Line).where(Line.id.in_(line_ids), Line.status == "pending")
-                            .values(attempts=Line.attempts + 1, started_at=utcnow()))
+                            .values(**values))
 
-    retrying(runtime.settings, "counting a batch's attempts", bump)
+    retrying(runtime.settings, what, update_lines)
 
 
 def _record(output: BatchOutput, chunk_id: int, job_id: str, runtime: WorkerRuntime) -> bool:
@@ -188,25 +175,6 @@ def _record(output: BatchOutput, chunk_id: int, job_id: str, runtime: WorkerRunt
             return session.scalar(select(Job.status).where(Job.id == job_id)) != "cancelled"
 
     return retrying(runtime.settings, "storing a batch's results", write)
-
-
-def _note_error(line_ids: list[int], reason: str, runtime: WorkerRuntime) -> None:
-    """A batch raised: its lines stay pending, with the reason they will fail with if it lasts."""
-    def note() -> None:
-        with session_scope(runtime.settings) as session:
-            session.execute(update(Line).where(Line.id.in_(line_ids), Line.status == "pending")
-                            .values(error=reason))
-
-    retrying(runtime.settings, "noting a failed batch", note)
-
-
-def _fail(line_id: int, reason: str, runtime: WorkerRuntime) -> None:
-    def fail() -> None:
-        with session_scope(runtime.settings) as session:
-            session.execute(update(Line).where(Line.id == line_id, Line.status == "pending")
-                            .values(status="failed", error=reason, finished_at=utcnow()))
-
-    retrying(runtime.settings, "failing a line", fail)
 
 
 def _finish(chunk: Chunk, token: int, runtime: WorkerRuntime) -> None:
@@ -272,7 +240,9 @@ class _ChunkRun:
         self.in_flight = list(keys)
         for key in keys:
             self.attempts[key] += 1
-        _started(keys, self.runtime)
+        # An attempt counts before the batch runs (see Line.attempts).
+        _update_pending(self.runtime, "counting a batch's attempts", keys,
+                        attempts=Line.attempts + 1, started_at=utcnow())
 
     def _batches(self, line_ids: list[int]) -> tuple[list[int], list[int]]:
         """Run lines in the engine's batches. On an error, returns the lines not yet started
@@ -299,7 +269,12 @@ class _ChunkRun:
     def _alone(self, line_id: int) -> bool:
         """One attempt at one line; True if it should be tried again."""
         if self.attempts[line_id] >= self.runtime.settings.max_attempts:
-            _fail(line_id, _gave_up(self.attempts[line_id], self.errors[line_id]), self.runtime)
+            # It used its attempts, in this claim or earlier ones: it fails with its last reason.
+            log.warning("job=%s line id %s failed after %d attempts", self.claim.job.id,
+                        line_id, self.attempts[line_id])
+            _update_pending(self.runtime, "failing a line", [line_id], status="failed",
+                            error=_gave_up(self.attempts[line_id], self.errors[line_id]),
+                            finished_at=utcnow())
             self.failed += 1
             return False
         self.in_flight = []
@@ -323,7 +298,8 @@ class _ChunkRun:
         for line_id in line_ids:
             self.errors[line_id] = reason
         if line_ids:
-            _note_error(line_ids, reason, self.runtime)
+            # They stay pending, with the reason they will fail with if it lasts.
+            _update_pending(self.runtime, "noting a failed batch", line_ids, error=reason)
 
     def _store(self, output: BatchOutput) -> None:
         keep_going = _record(output, self.claim.chunk.id, self.claim.job.id, self.runtime)
