@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
 
-from batchq.errors import ConfigError
+from batchq.errors import ConfigError, ServiceUnavailable
 from batchq.settings import Settings, get_settings
 
 RUN_CHUNK = "batchq.run_chunk"
@@ -78,22 +78,34 @@ def make_app(settings: Settings) -> Celery:
         enable_utc=True,
     )
 
-    @app.task(name=RUN_CHUNK)
-    def run_chunk(chunk_id: int) -> dict:
+    @app.task(name=RUN_CHUNK, bind=True)
+    def run_chunk(task, chunk_id: int) -> dict:
         from batchq.worker import handle_chunk
 
-        return handle_chunk(chunk_id)
+        return handle_chunk(chunk_id, task)
 
     return app
 
 
 def publish_chunks(settings: Settings, queue: str, chunk_ids: Iterable[int]) -> None:
     """One message per chunk, carrying only its id. Raises what kombu raises if the broker is
-    away after the publish retries; callers decide what that means."""
+    away after the publish retries; callers decide what that means.
+
+    Flower shows each task's args as the chunk's label (`argsrepr`), so its search finds a
+    job's tasks by `job=<id>`; the message itself still carries just the id.
+    """
+    from batchq.jobs import chunk_labels
+
+    chunk_ids = list(chunk_ids)
+    try:
+        labels = chunk_labels(settings, chunk_ids)
+    except ServiceUnavailable:  # a label is for people; the message goes out without one
+        labels = {}
     app = app_for(settings)
     with app.producer_or_acquire() as producer:
         for chunk_id in chunk_ids:
-            app.send_task(RUN_CHUNK, args=[chunk_id], queue=queue, producer=producer)
+            app.send_task(RUN_CHUNK, kwargs={"chunk_id": chunk_id}, queue=queue,
+                          producer=producer, argsrepr=labels.get(chunk_id, f"chunk id {chunk_id}"))
 
 
 def queue_depth(settings: Settings, queue: str) -> int:

@@ -323,6 +323,23 @@ def worker(model, quant, gpu, profile, max_batch_tokens, max_batch_rows, strateg
     app_for(settings).worker_main(argv)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": ["-h", "--help"]})
+@click.argument("flower_options", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_options):
+    """Flower for batchq's queues: workers, chunk tasks, progress, /metrics.
+
+    Flower's own options (--port, --basic-auth, --auth, --url_prefix, ...) and FLOWER_*
+    variables pass through. It listens on 127.0.0.1 unless --address says otherwise, and any
+    other address needs --basic-auth=USER:PASSWORD or Flower's OAuth options. Search the task
+    list for `job=<id>` to see one job's chunks.
+    """
+    from batchq.flower import build, exec_flower
+
+    command = build(flower_options)
+    exec_flower(command, get_settings().broker_url)
+
+
 # ---------------------------------------------------------------- reading jobs
 
 def _print_status(info: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from batchq.errors import BatchqError, InputError, NotFound, NotNow, ServiceUnav
 from batchq.inputs import LineError, LineResult, Request, iter_raw_lines, parse_line, render_result
 from batchq.models import INVALID_KIND, Chunk, Job, Line
 from batchq.settings import Settings, get_settings, redact
-from batchq.variants import resolve
+from batchq.variants import resolve, variant_name
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +279,21 @@ def _chunk_row(job_id: str, seq: int, first_line: int, last_line: int, now) -> d
             "prompt_tokens": 0,
             "padded_prompt_tokens": 0, "completion_tokens": 0, "decode_slots": 0,
             "generate_seconds": 0.0, "peak_memory_bytes": 0}
+
+
+def chunk_label(job_id: str, seq: int, total: int, first: int, last: int, queue: str) -> str:
+    """How a chunk is named in Flower and in worker logs: findable by `job=<id>`, and carrying
+    no prompt text (input lines may be confidential; Flower shows this to its viewers)."""
+    return (f"job={job_id} chunk={seq}/{total} lines={first}-{last} "
+            f"variant={variant_name(queue)}")
+
+
+def chunk_labels(settings: Settings, chunk_ids: list[int]) -> dict[int, str]:
+    with session_scope(settings) as session:
+        rows = session.execute(
+            select(Chunk.id, Chunk.job_id, Chunk.seq, Job.total_chunks, Chunk.first_line,
+                   Chunk.last_line, Job.queue).join(Job).where(Chunk.id.in_(chunk_ids)))
+        return {row[0]: chunk_label(*row[1:]) for row in rows}
 
 
 def enqueue_chunks(job_id: str, settings: Settings, chunk_ids: list[int] | None = None) -> bool:

@@ -74,6 +74,12 @@ def queue_name(slug: str, quant: str) -> str:
     return f"batchq.{slug}.{quant}"
 
 
+def variant_name(queue: str) -> str:
+    """`slug/quant` from a queue name, the inverse of queue_name, for labels people read."""
+    slug, _, quant = queue.removeprefix("batchq.").rpartition(".")
+    return f"{slug}/{quant}"
+
+
 def _local_slug(path: Path) -> str:
     # A directory's path differs between hosts; its name plus a digest of its config does not,
     # so copies of the same model on several hosts share one queue.

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,8 +25,8 @@ from batchq.db import retrying, session_scope, utcnow
 from batchq.engine import BatchOutput, Engine, GenerationSettings, PromptIn
 from batchq.errors import ServiceUnavailable
 from batchq.inputs import Request
-from batchq.jobs import FINAL_JOB_STATUSES, finish_job_if_done
-from batchq.models import Chunk, Job, Line
+from batchq.jobs import FINAL_JOB_STATUSES, chunk_label, finish_job_if_done
+from batchq.models import BatchRun, Chunk, Job, Line
 from batchq.recovery import LeaseKeeper, shutdown_requested
 from batchq.settings import Settings
 from batchq.variants import Variant
@@ -72,11 +73,21 @@ def install_worker_hooks(settings: Settings, queue: str) -> None:
     signals.worker_shutting_down.connect(stopping, weak=False)
 
 
-def handle_chunk(chunk_id: int) -> dict[str, Any]:
-    """The Celery task body. Returns a summary, which Flower shows as the task's result."""
+def handle_chunk(chunk_id: int, task: Any = None) -> dict[str, Any]:
+    """The Celery task body. Returns a summary, which Flower shows as the task's result;
+    while it runs, each batch sends a `task-progress` event, which Flower shows as the task's
+    state (PROGRESS) and result (how far it is) until the summary replaces them."""
     if _runtime is None:
         raise RuntimeError("this process has no loaded model; start it with `batchq worker`")
-    return run_chunk(chunk_id, _runtime)
+
+    def progress(text: str) -> None:
+        try:
+            # No retries: progress is for people, and must never hold up the chunk.
+            task.send_event("task-progress", retry=False, result=text)
+        except Exception as exc:
+            log.debug("progress event not sent: %s", exc)
+
+    return run_chunk(chunk_id, _runtime, progress if task is not None else None)
 
 
 @dataclass
@@ -147,7 +158,7 @@ def _update_pending(runtime: WorkerRuntime, what: str, line_ids: list[int],
     retrying(runtime.settings, what, update_lines)
 
 
-def _record(output: BatchOutput, chunk_id: int, job_id: str, runtime: WorkerRuntime) -> bool:
+def _record(output: BatchOutput, chunk: Chunk, runtime: WorkerRuntime) -> bool:
     """Store one batch's lines and metrics in one commit. Returns False if the job was cancelled."""
     def write() -> bool:
         now = utcnow()
@@ -164,7 +175,7 @@ def _record(output: BatchOutput, chunk_id: int, job_id: str, runtime: WorkerRunt
                 session.execute(update(Line).where(Line.id == c.key, Line.status == "pending")
                                 .values(**values))
             s = output.stats
-            session.execute(update(Chunk).where(Chunk.id == chunk_id).values(
+            session.execute(update(Chunk).where(Chunk.id == chunk.id).values(
                 batches=Chunk.batches + (1 if s.rows else 0),
                 prompt_tokens=Chunk.prompt_tokens + s.prompt_tokens,
                 padded_prompt_tokens=Chunk.padded_prompt_tokens + s.padded_prompt_tokens,
@@ -172,7 +183,13 @@ def _record(output: BatchOutput, chunk_id: int, job_id: str, runtime: WorkerRunt
                 decode_slots=Chunk.decode_slots + s.decode_slots,
                 generate_seconds=Chunk.generate_seconds + s.seconds,
                 peak_memory_bytes=s.peak_memory_bytes))
-            return session.scalar(select(Job.status).where(Job.id == job_id)) != "cancelled"
+            if s.rows:
+                session.add(BatchRun(
+                    job_id=chunk.job_id, chunk_seq=chunk.seq, worker=runtime.name,
+                    finished_at=now, seconds=s.seconds, rows=s.rows,
+                    prompt_tokens=s.prompt_tokens, padded_prompt_tokens=s.padded_prompt_tokens,
+                    completion_tokens=s.completion_tokens, decode_slots=s.decode_slots))
+            return session.scalar(select(Job.status).where(Job.id == chunk.job_id)) != "cancelled"
 
     return retrying(runtime.settings, "storing a batch's results", write)
 
@@ -211,8 +228,10 @@ def _hand_back(chunk: Chunk, token: int, runtime: WorkerRuntime) -> None:
 class _ChunkRun:
     """One claim's generation: batches of the lines never tried, then each suspect alone."""
 
-    def __init__(self, claim: _Claim, runtime: WorkerRuntime, lease: LeaseKeeper):
+    def __init__(self, claim: _Claim, runtime: WorkerRuntime, lease: LeaseKeeper,
+                 on_progress: Callable[[str], None] | None = None):
         self.claim = claim
+        self.on_progress = on_progress
         self.runtime = runtime
         self.lease = lease
         job_settings = json.loads(claim.job.settings)
@@ -301,12 +320,19 @@ class _ChunkRun:
             # They stay pending, with the reason they will fail with if it lasts.
             _update_pending(self.runtime, "noting a failed batch", line_ids, error=reason)
 
+    def progress(self) -> str:
+        rate = f", {self.tokens / self.seconds:.1f} tok/s" if self.seconds else ""
+        return (f"{self.done + self.failed}/{len(self.claim.lines)} lines done "
+                f"({self.failed} failed), {self.tokens} tokens out{rate}")
+
     def _store(self, output: BatchOutput) -> None:
-        keep_going = _record(output, self.claim.chunk.id, self.claim.job.id, self.runtime)
+        keep_going = _record(output, self.claim.chunk, self.runtime)
         self.done += sum(c.error is None for c in output.completions)
         self.failed += sum(c.error is not None for c in output.completions)
         self.tokens += output.stats.completion_tokens
         self.seconds += output.stats.seconds
+        if self.on_progress is not None:
+            self.on_progress(self.progress())
         if not keep_going:
             self.stopped = "cancelled"
         elif self.lease.lost.is_set():
@@ -315,16 +341,18 @@ class _ChunkRun:
             self.stopped = "shutdown"
 
 
-def run_chunk(chunk_id: int, runtime: WorkerRuntime) -> dict[str, Any]:
+def run_chunk(chunk_id: int, runtime: WorkerRuntime,
+              on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     claim = retrying(runtime.settings, "claiming a chunk", lambda: _claim(chunk_id, runtime))
     if isinstance(claim, str):
         log.info("chunk %s skipped: %s", chunk_id, claim)
         return {"chunk": chunk_id, "skipped": claim}
     job, chunk = claim.job, claim.chunk
-    label = f"job={job.id} chunk={chunk.seq}/{job.total_chunks} lines={chunk.first_line}-{chunk.last_line}"
+    label = chunk_label(job.id, chunk.seq, job.total_chunks, chunk.first_line, chunk.last_line,
+                        job.queue)
     log.info("%s started (%d open lines)", label, len(claim.lines))
     with LeaseKeeper(runtime.settings, chunk.id, claim.token) as lease:
-        work = _ChunkRun(claim, runtime, lease)
+        work = _ChunkRun(claim, runtime, lease, on_progress)
         work.run()
     if work.stopped == "shutdown":
         _hand_back(chunk, claim.token, runtime)

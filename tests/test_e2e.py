@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -271,6 +272,9 @@ def test_broker_messages_carry_chunk_ids_and_never_prompt_text(services_env, tin
         envelope = json.loads(message)
         assert envelope["content-type"] == "application/json"
         args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
-        assert kwargs == {} and len(args) == 1 and isinstance(args[0], int)
+        assert args == [] and list(kwargs) == ["chunk_id"] and isinstance(kwargs["chunk_id"], int)
+        # What Flower shows as the task's args: the chunk's label, no prompt text.
+        assert re.fullmatch(rf"job={job.stdout.strip()} chunk=[12]/2 lines=\d+-\d+ "
+                            r"variant=local-tiny-qwen2-\w+/int8", envelope["headers"]["argsrepr"])
         assert secret not in message.decode() and secret not in base64.b64decode(envelope["body"]).decode()
     batchq("cancel", job.stdout.strip(), env=env)
