@@ -22,6 +22,7 @@ import click
 from batchq import jobs
 from batchq.engine import STRATEGIES
 from batchq.errors import BatchqError, ConfigError, JobNotCompleted
+from batchq.progress import Screen, bar, change_key, job_progress
 from batchq.settings import get_settings, redact
 
 log = logging.getLogger("batchq")
@@ -120,27 +121,6 @@ def _job_settings(max_new_tokens, temperature, top_p) -> jobs.JobSettings:
     return jobs.JobSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
 
-def _progress_printer():
-    tty = sys.stderr.isatty()
-    last = {"text": None}
-
-    def show(info: dict[str, Any]) -> None:
-        c, m = info["counts"], info["metrics"]
-        done = c["completed"] + c["failed"] + c["cancelled"]
-        rate = f", {m['tokens_per_second']} tok/s" if m["tokens_per_second"] else ""
-        text = (f"job {info['id'][:12]} {info['status']}: {done}/{c['total']} lines "
-                f"({c['failed']} failed){rate}")
-        if text == last["text"]:
-            return
-        last["text"] = text
-        if tty:
-            click.echo("\r\033[K" + text, err=True, nl=info["status"] in jobs.FINAL_JOB_STATUSES)
-        else:
-            click.echo(text, err=True)
-
-    return show
-
-
 def _final_exit(info: dict[str, Any]) -> None:
     if info["status"] != "completed":
         c = info["counts"]
@@ -181,7 +161,7 @@ def submit(file, model, quant, max_new_tokens, temperature, top_p, name, skip_in
         if c["failed"] > len(refused):
             click.echo(f"  ... and {c['failed'] - len(refused)} more", err=True)
     if wait:
-        _final_exit(jobs.wait(job_id, on_progress=_progress_printer()))
+        _final_exit(jobs.wait(job_id, on_progress=job_progress(sys.stderr)))
 
 
 @cli.command()
@@ -208,7 +188,7 @@ def run(file, model, quant, max_new_tokens, temperature, top_p, name, gpu, outpu
     job_id = jobs.submit(file, model, quant, name=name, settings=settings,
                          job_settings=_job_settings(max_new_tokens, temperature, top_p))
     click.echo(f"job {job_id}", err=True)
-    show = _progress_printer()
+    show = job_progress(sys.stderr)
     serve_job(job_id, runtime, on_chunk=show)
     info = jobs.wait(job_id, settings, on_progress=show)
     _write_results(job_id, output, errors_file)
@@ -374,8 +354,17 @@ def _pct(value) -> str:
 @click.argument("job", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--limit", default=20, show_default=True, help="How many recent jobs to list.")
-def status(job, as_json, limit):
+@click.option("--watch", "-w", is_flag=True,
+              help="Live progress bars of the running jobs (or of JOB), until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+def status(job, as_json, limit, watch, interval):
     """One job's status, counts and metrics; without JOB, the recent jobs."""
+    if watch:
+        if as_json:
+            raise click.UsageError("--watch draws bars; use --json without it")
+        _watch(job, interval)
+        return
     if job:
         info = jobs.status(job)
         if as_json:
@@ -396,6 +385,29 @@ def status(job, as_json, limit):
         done = f"{c['completed'] + c['failed'] + c['cancelled']}/{c['total']}"
         click.echo(f"{info['id'][:12]}  {info['status']:<9}  {done:>13}  {c['failed']:>6}  "
                    f"{info['metrics']['created_at']:<25}  {info['model']} ({info['quant']})")
+
+
+def _watch(job: str | None, interval: float) -> None:
+    """Redraw until Ctrl-C. A job that ends stays on screen, marked, until the watch ends."""
+    screen = Screen(sys.stdout)
+    shown: dict[str, dict[str, Any]] = {}
+    try:
+        while True:
+            if job:
+                infos = [jobs.status(job)]
+            else:
+                active = {info["id"]: info for info in jobs.active_jobs()}
+                # A job that ended since the last refresh: its final state, once.
+                for job_id, info in list(shown.items()):
+                    if job_id not in active and info["status"] not in jobs.FINAL_JOB_STATUSES:
+                        shown[job_id] = jobs.status(job_id)
+                shown.update(active)
+                infos = list(shown.values())
+            lines = [bar(info) for info in infos] or ["no queued or running jobs"]
+            screen.show(lines, key=change_key(infos))
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass  # the watch's way out, not an error
 
 
 def _write_results(job: str, output: str | None, errors_file: str | None
@@ -423,6 +435,19 @@ def results(job, output, errors_file):
 
 @cli.command()
 @click.argument("job")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="FILE.png (a picture) or FILE.html (the picture and the numbers, one file).")
+def report(job, output):
+    """A picture of how JOB ran: throughput over time, batch latency, padding efficiency,
+    each worker's share."""
+    from batchq.report import write
+
+    data = write(job, output)
+    click.echo(f"{output}: job {data.job['id'][:12]}, {len(data.batches)} batches", err=True)
+
+
+@cli.command()
+@click.argument("job")
 def cancel(job):
     """Cancel JOB: pending lines now, running chunks at their next batch boundary."""
     info = jobs.cancel(job)
@@ -446,7 +471,7 @@ def retry(job, wait):
                f"chunk(s)" + (f"; {done.refused} refused input line(s) stay failed"
                               if done.refused else ""), err=True)
     if wait:
-        _final_exit(jobs.wait(done.job_id, on_progress=_progress_printer()))
+        _final_exit(jobs.wait(done.job_id, on_progress=job_progress(sys.stderr)))
 
 
 @cli.command()

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_PROBLEMS_SHOWN = 20
 INSERT_BATCH = 1000
 FINAL_JOB_STATUSES = ("completed", "failed", "cancelled")
+ACTIVE_JOB_STATUSES = ("queued", "running")
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,14 @@ def list_jobs(limit: int = 20, settings: Settings | None = None) -> list[dict[st
     with session_scope(settings or get_settings()) as session:
         jobs = session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
         return [_describe(session, job) for job in jobs]
+
+
+def active_jobs(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Jobs still queued or running, oldest first."""
+    with session_scope(settings or get_settings()) as session:
+        found = session.scalars(select(Job).where(Job.status.in_(ACTIVE_JOB_STATUSES))
+                                .order_by(Job.created_at)).all()
+        return [_describe(session, job) for job in found]
 
 
 def cancel(job_ref: str, settings: Settings | None = None) -> dict[str, Any]:

@@ -22,12 +22,12 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 
 from batchq.db import session_scope, utcnow
+from batchq.jobs import ACTIVE_JOB_STATUSES
 from batchq.models import Chunk, Job
 from batchq.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ACTIVE_JOB_STATUSES = ("queued", "running")
 
 # Set when the worker is asked to stop (SIGTERM): a running chunk is handed back at its next
 # batch boundary instead of running to its end.
