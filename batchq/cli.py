@@ -320,6 +320,29 @@ def flower(flower_options):
     exec_flower(command, get_settings().broker_url)
 
 
+@cli.command()
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Listen here (0.0.0.0 for a Prometheus on another host).")
+@click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
+def metrics(address, port):
+    """Serve batchq's job metrics for Prometheus at http://ADDRESS:PORT/metrics.
+
+    Jobs by status, lines by variant and status, tokens in and out and tokens/s by variant,
+    queue depth by variant, the oldest pending line. Read from the database at each scrape.
+    """
+    from batchq.metrics import serve
+
+    settings = get_settings()
+    click.echo(f"batchq metrics: http://{address}:{port}/metrics (database "
+               f"{redact(settings.database_url)})", err=True)
+    try:
+        serve(settings, address, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {address}:{port}: {exc.strerror or exc}") from exc
+    except KeyboardInterrupt:
+        pass
+
+
 # ---------------------------------------------------------------- reading jobs
 
 def _print_status(info: dict[str, Any]) -> None:

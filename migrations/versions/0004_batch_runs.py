@@ -34,9 +34,11 @@ def upgrade() -> None:
                                 ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id', name='pk_batch_runs'),
     )
-    op.create_index('ix_batch_runs_job_id_finished_at', 'batch_runs', ['job_id', 'finished_at'])
+    op.create_index('ix_batch_runs_job_id', 'batch_runs', ['job_id'])
+    op.create_index('ix_batch_runs_finished_at', 'batch_runs', ['finished_at'])
 
 
 def downgrade() -> None:
-    op.drop_index('ix_batch_runs_job_id_finished_at', table_name='batch_runs')
+    op.drop_index('ix_batch_runs_finished_at', table_name='batch_runs')
+    op.drop_index('ix_batch_runs_job_id', table_name='batch_runs')
     op.drop_table('batch_runs')
