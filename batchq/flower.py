@@ -26,7 +26,8 @@ def _flower_options():
     import flower.options  # noqa: F401
     from tornado.options import options
 
-    return options._options  # name -> tornado Option (its type tells flags from values)
+    # name (with dashes) -> tornado Option, whose type tells flags from options with values
+    return options._options
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _normalise(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
                               "options, such as --port=5555 (see `batchq flower --help`)")
         name, has_value, value = arg[2:].partition("=")
         key = name.replace("-", "_")
-        option = known.get(key)
+        option = known.get(name.replace("_", "-"))  # tornado keys its options dashed
         if option is None:
             raise ConfigError(f"batchq flower: unknown Flower option --{name} "
                               "(`celery flower --help` lists them)")
