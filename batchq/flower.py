@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from batchq.errors import ConfigError
 
-# Columns of Flower's task list: its defaults plus the chunk label and the progress/summary.
-TASK_COLUMNS = "name,uuid,state,args,result,received,started,runtime,worker"
+# Columns of Flower's task list: the chunk label (args) and its progress or summary (result)
+# beside Flower's usual ones; the uuid is one click away, on the task's own page.
+TASK_COLUMNS = "name,state,args,result,received,runtime,worker"
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 

@@ -103,6 +103,7 @@ def figure(data: ReportData):
     import matplotlib
 
     matplotlib.use("Agg")  # no screen needed, ever
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text in the HTML: searchable
     import matplotlib.pyplot as plt
 
     batches = data.batches

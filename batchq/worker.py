@@ -359,10 +359,12 @@ def run_chunk(chunk_id: int, runtime: WorkerRuntime,
         log.info("%s handed back at shutdown", label)
     elif work.stopped != "lease lost":
         _finish(chunk, claim.token, runtime)
+    # Flower shows this dict as the task's result, in its narrow column: the counts first.
     summary: dict[str, Any] = {
-        "job": job.id, "chunk": chunk.seq, "lines": len(claim.lines), "succeeded": work.done,
-        "failed": work.failed, "completion_tokens": work.tokens,
-        "tokens_per_second": round(work.tokens / work.seconds, 1) if work.seconds else None}
+        "succeeded": work.done, "failed": work.failed, "lines": len(claim.lines),
+        "completion_tokens": work.tokens,
+        "tokens_per_second": round(work.tokens / work.seconds, 1) if work.seconds else None,
+        "job": job.id, "chunk": chunk.seq}
     if work.stopped:
         summary["stopped"] = work.stopped
     log.info("%s finished: %s", label, summary)
