@@ -58,9 +58,11 @@ def load(job_ref: str, settings: Settings | None = None) -> ReportData:
     return ReportData(info, batches)
 
 
-def _throughput(batches: list[Batch], buckets: int = 40) -> tuple[list[float], list[float]]:
+def _throughput(batches: list[Batch]) -> tuple[list[float], list[float]]:
     """Output tokens/s over time: each batch's tokens spread evenly over the span it ran,
-    summed into equal time buckets (seconds since the first batch began)."""
+    summed into equal time buckets (seconds since the first batch began). About one bucket
+    per batch: finer shows the gaps between batches as zeros rather than the trend."""
+    buckets = max(5, min(60, len(batches)))
     start = min(b.finished_at.timestamp() - b.seconds for b in batches)
     end = max(b.finished_at.timestamp() for b in batches)
     width = max(end - start, 1e-3) / buckets

@@ -58,3 +58,15 @@ def test_mistakes_are_named(args, message):
 def test_loopback_addresses():
     assert all(is_local(a) for a in ("127.0.0.1", "127.5.0.1", "::1", "[::1]", "localhost"))
     assert not any(is_local(a) for a in ("0.0.0.0", "::", "192.168.1.5", "example.com"))
+
+
+def test_the_cli_refuses_with_one_line_and_exit_2(embedded_env):
+    from tests.conftest import batchq
+
+    open_to_all = batchq("flower", "--address=0.0.0.0", env=embedded_env)
+    assert open_to_all.returncode == 2
+    assert open_to_all.stderr.startswith("batchq: error: batchq flower: refusing to listen on "
+                                         "0.0.0.0 without authentication")
+    assert "Traceback" not in open_to_all.stderr
+    embedded = batchq("flower", "--port", "5999", env=embedded_env)
+    assert embedded.returncode == 2 and "needs a Redis broker" in embedded.stderr

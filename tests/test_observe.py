@@ -19,8 +19,9 @@ import pytest
 from tests.conftest import BATCHQ, IN_CI, batchq, wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-# Where the README's screenshot comes from: `BATCHQ_SCREENSHOT=path pytest tests/test_observe.py`.
-SCREENSHOT = os.environ.get("BATCHQ_SCREENSHOT")
+# Where the README's pictures come from: `BATCHQ_SCREENSHOTS=tests/screenshots pytest
+# tests/test_observe.py` saves Flower's task page and the job's report there.
+SCREENSHOTS = os.environ.get("BATCHQ_SCREENSHOTS")
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -113,6 +114,8 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
         # Slow batches of 4 rows: two per chunk, long enough to watch it run.
         start_worker("--model", str(tiny_model), "--max-batch-rows", "4", env=env,
                      faults="slow:0.5")
+        # The database is shared with other tests: metrics are compared with this baseline.
+        before = scrape(metrics_url)
         data = tmp_path / "p.jsonl"
         data.write_text("".join(json.dumps({"custom_id": f"r{i}", "prompt": f"count to {i}"})
                                 + "\n" for i in range(40)))
@@ -136,10 +139,14 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
                          running[0])
         assert re.search(r"\d/8 lines done \(0 failed\), \d+ tokens out", running[0])
         variant = re.search(r"variant=(\S+)", running[0]).group(1)
+
+        def lines(status: str) -> str:
+            return f'batchq_lines{{status="{status}",variant="{variant}"}}'
+
         during = scrape(metrics_url)
-        assert during[f'batchq_lines{{status="pending",variant="{variant}"}}'] > 0
+        assert during[lines("pending")] - before.get(lines("pending"), 0) > 0
         assert during[f'batchq_oldest_pending_line_age_seconds{{variant="{variant}"}}'] > 0
-        assert during['batchq_jobs{status="running"}'] == 1
+        assert during['batchq_jobs{status="running"}'] - before['batchq_jobs{status="running"}'] == 1
 
         assert batchq("status", job, "--json", env=env).returncode == 0
         wait_for(lambda: json.loads(batchq("status", job, "--json", env=env).stdout)["status"]
@@ -158,8 +165,8 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
             assert f"job={job}" in row and "'succeeded': 8" in row and "'failed': 0" in row
             assert "count to" not in row  # never prompt text
         browser.save_screenshot(str(tmp_path / "flower-tasks.png"))
-        if SCREENSHOT:
-            shutil.copy(tmp_path / "flower-tasks.png", SCREENSHOT)
+        if SCREENSHOTS:
+            shutil.copy(tmp_path / "flower-tasks.png", SCREENSHOTS)
 
         # Flower's own Prometheus metrics count the chunk tasks' events, progress included.
         flower_metrics = scrape(f"{flower_url}/metrics")
@@ -169,12 +176,18 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
         assert sum(v for k, v in events.items() if 'type="task-progress"' in k) >= 10
 
         after = scrape(metrics_url)
-        assert after[f'batchq_lines{{status="succeeded",variant="{variant}"}}'] == 40
-        assert after[f'batchq_lines{{status="pending",variant="{variant}"}}'] == 0
-        assert after[f'batchq_completion_tokens_total{{variant="{variant}"}}'] > 0
-        assert after[f'batchq_prompt_tokens_total{{variant="{variant}"}}'] > 0
+
+        def grew(name: str) -> float:
+            return after[name] - before.get(name, 0)
+
+        assert grew(lines("succeeded")) == 40
+        assert grew(lines("pending")) == 0
+        assert grew(lines("failed")) == 0
+        out = json.loads(batchq("status", job, "--json", env=env).stdout)["metrics"]
+        assert grew(f'batchq_completion_tokens_total{{variant="{variant}"}}') == out["completion_tokens"] > 0
+        assert grew(f'batchq_prompt_tokens_total{{variant="{variant}"}}') == out["prompt_tokens"] > 0
         assert after[f'batchq_tokens_per_second{{variant="{variant}"}}'] > 0
-        assert after['batchq_jobs{status="completed"}'] >= 1
+        assert grew('batchq_jobs{status="completed"}') == 1
         assert after["batchq_database_up"] == after["batchq_broker_up"] == 1
 
         # The watch drew the job's bar as it moved, and its final state; Ctrl-C ends it cleanly.
@@ -198,6 +211,8 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
         png, page = tmp_path / "job.png", tmp_path / "job.html"
         assert batchq("report", job[:8], "-o", str(png), env=env).returncode == 0
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+        if SCREENSHOTS:
+            shutil.copy(png, Path(SCREENSHOTS) / "report.png")
         made = batchq("report", job, "-o", str(page), env=env)
         assert made.returncode == 0 and "10 batches" in made.stderr, made.stderr
         text = page.read_text()
