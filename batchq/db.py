@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -88,13 +88,36 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """One migration at a time per SQLite file: several processes starting at once on a new
+    embedded database (two workers, say) would otherwise each create its tables and all but
+    one fail. PostgreSQL serialises with an advisory lock inside the migration instead."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def upgrade(url: str) -> str:
-    """Bring the schema to the newest migration; returns the revision it is at."""
+    """Bring the schema to the newest migration; returns the revision it is at. Safe to run
+    from several processes at once: one migrates, the others then find it done."""
     from alembic import command
 
     engine = get_engine(url)
     try:
-        with engine.begin() as conn:
+        with _migration_lock(engine), engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Any fixed key: concurrent `batchq db upgrade`s then run one after another.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7201510)"))
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

@@ -24,3 +24,23 @@ def test_sqlite_migrations_match_models(tmp_path):
     assert upgrade(url) == head_revision()
     assert diff(url) == []
     assert upgrade(url) == head_revision()  # idempotent
+
+
+def test_processes_starting_at_once_on_a_new_embedded_database_all_work(embedded_env):
+    """Two workers started together on a fresh BATCHQ_HOME once raced to create the tables."""
+    import subprocess
+
+    from tests.conftest import BATCHQ
+
+    started = [subprocess.Popen([BATCHQ, "status"], env=embedded_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = [(p.wait(120), p.stderr.read()) for p in started]
+    assert outcomes == [(0, "no jobs yet\n")] * 4
+
+
+@pytest.mark.services
+def test_concurrent_upgrades_on_postgres_take_turns(pg_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(upgrade, [pg_url] * 3)) == [head_revision()] * 3
