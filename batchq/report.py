@@ -153,8 +153,8 @@ def figure(data: ReportData):
     ax.barh([i - 0.2 for i in y], [100 * tokens[w] / total_tokens for w in workers],
             height=0.4, label="output tokens")
     ax.set_yticks(list(y), [_short(w) for w in workers], fontsize=8)
-    ax.set(title="Share per worker", xlabel="% of the job")
-    ax.legend(loc="lower right")
+    ax.set(title="Share per worker", xlabel="% of the job", xlim=(0, 115))
+    ax.legend(loc="upper right", fontsize=8)
     return fig
 
 

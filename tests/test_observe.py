@@ -19,8 +19,8 @@ import pytest
 from tests.conftest import BATCHQ, IN_CI, batchq, wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-# Where the README's pictures come from: `BATCHQ_SCREENSHOTS=tests/screenshots pytest
-# tests/test_observe.py` saves Flower's task page and the job's report there.
+# Where the README's screenshot comes from: `BATCHQ_SCREENSHOTS=tests/screenshots pytest
+# tests/test_observe.py` saves Flower's task page there.
 SCREENSHOTS = os.environ.get("BATCHQ_SCREENSHOTS")
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
@@ -211,8 +211,6 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
         png, page = tmp_path / "job.png", tmp_path / "job.html"
         assert batchq("report", job[:8], "-o", str(png), env=env).returncode == 0
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
-        if SCREENSHOTS:
-            shutil.copy(png, Path(SCREENSHOTS) / "report.png")
         made = batchq("report", job, "-o", str(page), env=env)
         assert made.returncode == 0 and "10 batches" in made.stderr, made.stderr
         text = page.read_text()
