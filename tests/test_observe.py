@@ -113,7 +113,7 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
         wait_for(lambda: up(metrics_url), timeout=60, what="batchq metrics")
         # Slow batches of 4 rows: two per chunk, long enough to watch it run.
         start_worker("--model", str(tiny_model), "--max-batch-rows", "4", env=env,
-                     faults="slow:0.5")
+                     faults="slow:0.3")
         # The database is shared with other tests: metrics are compared with this baseline.
         before = scrape(metrics_url)
         data = tmp_path / "p.jsonl"
