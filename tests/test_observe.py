@@ -147,6 +147,8 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
         assert during[lines("pending")] - before.get(lines("pending"), 0) > 0
         assert during[f'batchq_oldest_pending_line_age_seconds{{variant="{variant}"}}'] > 0
         assert during['batchq_jobs{status="running"}'] - before['batchq_jobs{status="running"}'] == 1
+        # Five chunks, one held by the only worker: the rest wait on the broker queue.
+        assert 0 <= during[f'batchq_queue_depth{{variant="{variant}"}}'] <= 4
 
         assert batchq("status", job, "--json", env=env).returncode == 0
         wait_for(lambda: json.loads(batchq("status", job, "--json", env=env).stdout)["status"]
