@@ -22,7 +22,7 @@ import click
 from batchq import jobs
 from batchq.engine import STRATEGIES
 from batchq.errors import BatchqError, ConfigError, JobNotCompleted
-from batchq.progress import Screen, bar, change_key, job_progress
+from batchq.progress import Screen, bar, change_key, job_progress, percent
 from batchq.settings import get_settings, redact
 
 log = logging.getLogger("batchq")
@@ -359,18 +359,14 @@ def _print_status(info: dict[str, Any]) -> None:
         f"generating {_secs(m['generate_seconds'])} in {m['batches']} batch(es)",
         f"tokens    {m['prompt_tokens']} prompt, {m['completion_tokens']} completion, "
         f"{m['tokens_per_second'] or '-'} tok/s",
-        f"padding   efficiency {_pct(m['padding_efficiency'])} of prompt slots, "
-        f"decode {_pct(m['decode_efficiency'])} of decode slots",
+        f"padding   efficiency {percent(m['padding_efficiency'])} of prompt slots, "
+        f"decode {percent(m['decode_efficiency'])} of decode slots",
     ]
     click.echo("\n".join(lines))
 
 
 def _secs(value) -> str:
     return "-" if value is None else f"{value:.1f}s"
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
 
 
 @cli.command()

@@ -36,7 +36,8 @@ class JobMetrics(Collector):
         up = GaugeMetricFamily("batchq_database_up",
                                "1 if the last scrape could read the database")
         try:
-            families = list(self._from_database())
+            active_queues: set[str] = set()
+            families = list(self._from_database(active_queues))
         except Exception as exc:  # a scrape that fails says so, rather than erroring
             log.warning("metrics: cannot read the database: %s", exc)
             up.add_metric([], 0)
@@ -45,9 +46,10 @@ class JobMetrics(Collector):
         up.add_metric([], 1)
         yield up
         yield from families
-        yield from self._queue_depths(families)
+        yield from self._queue_depths(sorted(active_queues))
 
-    def _from_database(self) -> Iterator:
+    def _from_database(self, active_queues: set[str]) -> Iterator:
+        """The database's families; fills `active_queues` with the queues of unfinished jobs."""
         now = utcnow()
         with session_scope(self.settings) as session:
             jobs = GaugeMetricFamily("batchq_jobs", "Jobs by status", labels=["status"])
@@ -102,6 +104,7 @@ class JobMetrics(Collector):
                     .where(Job.status.in_(ACTIVE_JOB_STATUSES))
                     .group_by(Job.queue, Chunk.status)):
                 chunks.add_metric([variant_name(queue), status], n)
+                active_queues.add(queue)
             yield chunks
 
             oldest = GaugeMetricFamily(
@@ -115,20 +118,16 @@ class JobMetrics(Collector):
                 oldest.add_metric([variant_name(queue)], (now - aware(created)).total_seconds())
             yield oldest
 
-    def _queue_depths(self, families: list) -> Iterator:
-        """Messages waiting on each variant's broker queue with work in the database."""
+    def _queue_depths(self, queues: list[str]) -> Iterator:
+        """Messages waiting on each broker queue that has unfinished jobs."""
         from batchq.celery_app import queue_depth
-        from batchq.variants import queue_name
 
-        variants = sorted({s.labels["variant"] for f in families if f.name == "batchq_chunks"
-                           for s in f.samples})
         depth = GaugeMetricFamily("batchq_queue_depth", "Messages waiting in the broker queue, "
                                   "by variant", labels=["variant"])
         up = GaugeMetricFamily("batchq_broker_up", "1 if the last scrape could read the broker")
         try:
-            for variant in variants:
-                slug, _, quant = variant.rpartition("/")
-                depth.add_metric([variant], queue_depth(self.settings, queue_name(slug, quant)))
+            for queue in queues:
+                depth.add_metric([variant_name(queue)], queue_depth(self.settings, queue))
             up.add_metric([], 1)
         except Exception as exc:
             log.warning("metrics: cannot read the broker: %s", exc)

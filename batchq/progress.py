@@ -17,6 +17,11 @@ from batchq.variants import variant_name
 BAR_WIDTH = 24
 
 
+def percent(fraction: float | None) -> str:
+    """`61.3%` from 0.613, `-` when there is nothing to measure yet."""
+    return "-" if fraction is None else f"{fraction * 100:.1f}%"
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:

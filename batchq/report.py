@@ -22,6 +22,7 @@ from batchq.db import aware, session_scope
 from batchq.errors import ConfigError, NotNow
 from batchq.jobs import status
 from batchq.models import BatchRun
+from batchq.progress import percent
 from batchq.settings import Settings, get_settings
 
 FORMATS = (".png", ".html")
@@ -92,13 +93,9 @@ def summary(data: ReportData) -> list[tuple[str, str]]:
         ("tokens", f"{m['prompt_tokens']} prompt, {m['completion_tokens']} completion"),
         ("throughput", f"{m['tokens_per_second'] or '-'} output tok/s over the run"),
         ("batch latency", f"median {statistics.median(latencies):.2f} s, p95 {p95:.2f} s"),
-        ("padding", f"prompt {_pct(m['padding_efficiency'])}, decode "
-                    f"{_pct(m['decode_efficiency'])} of the slots paid for"),
+        ("padding", f"prompt {percent(m['padding_efficiency'])}, decode "
+                    f"{percent(m['decode_efficiency'])} of the slots paid for"),
     ]
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
 
 
 def figure(data: ReportData):
