@@ -15,6 +15,16 @@ class ConfigError(BatchqError):
     exit_code = 2
 
 
+class InvalidRequest(BatchqError):
+    """An HTTP request that cannot be served as asked; `param` names the field at fault."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class NotNow(BatchqError):
     """The job is not in a state that allows this (retrying a running job, say)."""
 
@@ -37,6 +47,22 @@ class InputError(BatchqError):
         tail = f"\n... and {more} more invalid line(s)" if more > 0 else ""
         headline = headline or f"{path}: {total_bad} invalid line(s), no job created"
         super().__init__("\n".join(part for part in (headline, shown + tail) if part))
+
+
+class TooLarge(BatchqError):
+    """An upload went past a size or line limit while it arrived; nothing of it was kept."""
+
+    exit_code = 3
+
+
+class OverQuota(BatchqError):
+    """A tenant's limit (batches, pending lines, requests per minute) would be passed."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until trying again may work
 
 
 class NotFound(BatchqError):

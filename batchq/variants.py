@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,27 +23,22 @@ class CatalogueEntry:
     hf_id: str
     context: int
     recommended_quant: str
-    params_b: float  # billions of parameters, for sizing budgets
-    trust_remote_code: bool = False
-
-
-def _entry(alias: str, hf_id: str, context: int, quant: str, params_b: float) -> CatalogueEntry:
-    return CatalogueEntry(alias, hf_id, context, quant, params_b)
 
 
 CATALOGUE: tuple[CatalogueEntry, ...] = (
-    _entry("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", 32768, "none", 0.5),
-    _entry("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", 32768, "none", 1.5),
-    _entry("qwen2.5-3b-instruct", "Qwen/Qwen2.5-3B-Instruct", 32768, "none", 3.1),
-    _entry("qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", 32768, "nf4", 7.6),
-    _entry("qwen2.5-coder-1.5b-instruct", "Qwen/Qwen2.5-Coder-1.5B-Instruct", 32768, "none", 1.5),
-    _entry("qwen2.5-coder-7b-instruct", "Qwen/Qwen2.5-Coder-7B-Instruct", 32768, "nf4", 7.6),
-    _entry("qwen2.5-math-1.5b-instruct", "Qwen/Qwen2.5-Math-1.5B-Instruct", 4096, "none", 1.5),
-    _entry("qwen2.5-math-7b-instruct", "Qwen/Qwen2.5-Math-7B-Instruct", 4096, "nf4", 7.6),
-    _entry("qwen3-0.6b", "Qwen/Qwen3-0.6B", 40960, "none", 0.6),
-    _entry("qwen3-1.7b", "Qwen/Qwen3-1.7B", 40960, "none", 1.7),
-    _entry("qwen3-4b", "Qwen/Qwen3-4B", 40960, "none", 4.0),
-    _entry("qwen3-8b", "Qwen/Qwen3-8B", 40960, "nf4", 8.2),
+    CatalogueEntry("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", 32768, "none"),
+    CatalogueEntry("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", 32768, "none"),
+    CatalogueEntry("qwen2.5-3b-instruct", "Qwen/Qwen2.5-3B-Instruct", 32768, "none"),
+    CatalogueEntry("qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", 32768, "nf4"),
+    CatalogueEntry("qwen2.5-coder-1.5b-instruct", "Qwen/Qwen2.5-Coder-1.5B-Instruct", 32768,
+                   "none"),
+    CatalogueEntry("qwen2.5-coder-7b-instruct", "Qwen/Qwen2.5-Coder-7B-Instruct", 32768, "nf4"),
+    CatalogueEntry("qwen2.5-math-1.5b-instruct", "Qwen/Qwen2.5-Math-1.5B-Instruct", 4096, "none"),
+    CatalogueEntry("qwen2.5-math-7b-instruct", "Qwen/Qwen2.5-Math-7B-Instruct", 4096, "nf4"),
+    CatalogueEntry("qwen3-0.6b", "Qwen/Qwen3-0.6B", 40960, "none"),
+    CatalogueEntry("qwen3-1.7b", "Qwen/Qwen3-1.7B", 40960, "none"),
+    CatalogueEntry("qwen3-4b", "Qwen/Qwen3-4B", 40960, "none"),
+    CatalogueEntry("qwen3-8b", "Qwen/Qwen3-8B", 40960, "nf4"),
 )
 
 _BY_ALIAS = {e.alias: e for e in CATALOGUE}
@@ -62,11 +58,6 @@ class Variant:
     @property
     def queue(self) -> str:
         return queue_name(self.slug, self.quant)
-
-    @property
-    def trust_remote_code(self) -> bool:
-        """Only a catalogue entry may allow a model's own code to run; ids and paths never do."""
-        return bool(self.entry and self.entry.trust_remote_code)
 
 
 def queue_name(slug: str, quant: str) -> str:
@@ -88,14 +79,23 @@ def _local_slug(path: Path) -> str:
     return f"local-{name}-{digest}"
 
 
-def resolve(model: str, quant: str | None = None) -> Variant:
-    """Turn what a user typed (alias, Hugging Face id or directory) into a Variant.
+def resolve(model: str, quant: str | None = None,
+            aliases: Iterable[tuple[str, str]] = ()) -> Variant:
+    """Turn what a user typed into a Variant: a catalogue alias, a Hugging Face id or a
+    directory, optionally followed by `:QUANT` (`qwen2.5-7b-instruct:nf4`), or a name that
+    `aliases` (BATCHQ_MODEL_ALIASES) maps to one of those.
 
     Raises NotFound with a one-line reason for an unknown alias or a missing directory.
     """
+    key = dict(aliases).get(model.strip(), model).strip()
+    base, sep, spelled = key.rpartition(":")
+    if sep and base and spelled in QUANTIZATIONS:
+        if quant is not None and quant != spelled:
+            raise NotFound(f"model {model!r} names quantization {spelled}, but {quant} was "
+                           "asked for; give one of them")
+        key, quant = base, spelled
     if quant is not None and quant not in QUANTIZATIONS:
         raise NotFound(f"unknown quantization {quant!r}: choose one of {', '.join(QUANTIZATIONS)}")
-    key = model.strip()
     entry = _BY_ALIAS.get(key.lower()) or _BY_HF_ID.get(key.lower())
     if entry is not None:
         return Variant(entry.hf_id, quant or entry.recommended_quant, entry.alias, entry)

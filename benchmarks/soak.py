@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,9 +26,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.exactly_once import check_exactly_once
+from batchq.testing import BATCHQ, WorkerProcess, check_exactly_once, stop_all
 
-BATCHQ = str(Path(sys.executable).parent / "batchq")
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
@@ -43,29 +41,22 @@ def _fresh_database() -> str:
 
 
 class Worker:
+    """One supervised worker slot: started again, with a new log, each time it dies."""
+
     def __init__(self, n: int, args: list[str], env: dict[str, str], logs: Path):
         self.n, self.args, self.env, self.logs = n, args, env, logs
-        self.proc: subprocess.Popen | None = None
+        self.process: WorkerProcess | None = None
         self.starts = 0
 
     def start(self) -> None:
         self.starts += 1
-        log = (self.logs / f"worker-{self.n}.{self.starts}.log").open("w")
-        self.proc = subprocess.Popen([BATCHQ, "worker", *self.args], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = WorkerProcess(self.args, self.env,
+                                     self.logs / f"worker-{self.n}.{self.starts}.log")
 
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    @property
+    def proc(self) -> subprocess.Popen:
+        assert self.process is not None
+        return self.process.proc
 
 
 def main() -> None:
@@ -126,7 +117,7 @@ def main() -> None:
         if time.monotonic() > started + opts.timeout:
             sys.exit(f"soak: job {job} not finished after {opts.timeout}s")
         for w in workers:  # the supervisor: restart what died
-            if w.proc and w.proc.poll() is not None:
+            if w.proc.poll() is not None:
                 w.start()
         for k in kills:
             if k["chunk"] is None or k["recovered_s"] is not None:
@@ -143,7 +134,8 @@ def main() -> None:
             victim = rng.choice(workers)
             held = query("SELECT id, attempts FROM chunks WHERE status = 'running' AND "
                          "worker LIKE :w", w=f"%:{victim.proc.pid}")
-            victim.kill()
+            assert victim.process is not None
+            victim.process.kill()
             kills.append({"worker": victim.n, "chunk": held[0][0] if held else None,
                           "attempts": held[0][1] if held else None, "at": time.monotonic(),
                           "requeued_s": None, "recovered_s": None})
@@ -151,8 +143,7 @@ def main() -> None:
             next_kill = time.monotonic() + rng.uniform(*opts.kill_every)
         time.sleep(0.2)
     wall = time.monotonic() - started
-    for w in workers:
-        w.stop()
+    stop_all([w.process for w in workers if w.process is not None])
 
     seen = check_exactly_once(env, job, [r["custom_id"] for r in rows], generated_once=False)
     (stored, distinct, rerun), = query(

@@ -1,8 +1,8 @@
-"""Alembic environment, configured from batchq's settings (or a URL handed in by batchq.db)."""
+"""Alembic environment, configured from batchq's settings (or a URL handed in by batchq.store.migrate)."""
 
 from alembic import context
 
-from batchq.models import Base
+from batchq.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -12,7 +12,7 @@ def _url() -> str:
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from batchq.settings import get_settings
+    from batchq.config import get_settings
 
     return get_settings().database_url
 
@@ -27,7 +27,7 @@ def run_offline() -> None:
 def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        from batchq.db import get_engine
+        from batchq.store.database import get_engine
 
         with get_engine(_url()).begin() as connection:
             _run(connection)

@@ -5,27 +5,68 @@ A missing service skips its tests on a laptop and fails them in CI (CI=true).
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from batchq.testing import WorkerProcess, stop_all, wait_for
+
+__all__ = ["BATCHQ", "batchq", "free_port", "scrape", "wait_for"]
+
 PG_ADMIN_URL = os.environ.get("BATCHQ_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("BATCHQ_TEST_REDIS", "redis://127.0.0.1:6379/11")
+# One Redis database per test process (pytest-xdist runs several): 11 alone, 13 and up with
+# xdist. Workers of one process then never take another's messages.
+_XDIST = os.environ.get("PYTEST_XDIST_WORKER", "")
+_REDIS_DB = 13 + int(_XDIST.removeprefix("gw")) if _XDIST else 11
+REDIS_URL = os.environ.get("BATCHQ_TEST_REDIS", f"redis://127.0.0.1:6379/{_REDIS_DB}")
 BATCHQ = str(Path(sys.executable).parent / "batchq")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# The modules whose tests start workers run first: with several test processes, the long tests
+# are then spread out instead of finishing last on one of them.
+SLOW_FIRST = ("test_faults", "test_e2e", "test_schedules", "test_api", "test_bench",
+              "test_security", "test_observe", "test_bad_input", "test_schedule_cli")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        return SLOW_FIRST.index(module) if module in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)
 
 
 def _missing(what: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is not reachable, and CI needs it")
     pytest.skip(f"{what} is not reachable")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url: str) -> dict[str, float]:
+    """`name{labels} value` lines of a Prometheus text page, as a dict."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -37,10 +78,29 @@ def _port_open(host: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from batchq.tiny import make_tiny_model
+def tiny_model(tmp_path_factory, request) -> Path:
+    """Built once per run: with xdist, the test processes share one copy (a file lock keeps
+    the others waiting while the first builds it).
 
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
+    Its config carries this run's id, so its queue name (which digests the config) is this
+    run's own: a worker left over from an earlier run on the same Redis database can never
+    take this run's messages."""
+    from filelock import FileLock
+
+    from batchq.tools.tiny import make_tiny_model
+
+    root = tmp_path_factory.getbasetemp()
+    run_id = getattr(request.config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
+    if _XDIST:
+        root = root.parent  # the run's directory, above each process's own
+    path, done = root / "tiny-qwen2", root / "tiny-qwen2.built"
+    with FileLock(str(root / "tiny-qwen2.lock")):
+        if not done.exists():
+            make_tiny_model(path)
+            config = json.loads((path / "config.json").read_text())
+            (path / "config.json").write_text(json.dumps({**config, "batchq_test_run": run_id}))
+            done.touch()
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +115,11 @@ def pg_url() -> str:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    from batchq.db import upgrade
+    from batchq.store.migrate import upgrade
 
     upgrade(url)
     yield url
-    from batchq.db import get_engine
+    from batchq.store.database import get_engine
 
     get_engine(url).dispose()
     with admin.connect() as conn:
@@ -77,13 +137,30 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+def _services(pg_url: str, redis_url: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}
+    env.update(BATCHQ_DATABASE_URL=pg_url, BATCHQ_BROKER_URL=redis_url, BATCHQ_HOME=str(home),
+               PYTHONUNBUFFERED="1")
+    return env
+
+
 @pytest.fixture
 def services_env(pg_url, redis_url, tmp_path) -> dict[str, str]:
     """Environment for the CLI on real PostgreSQL and Redis."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}
-    env.update(BATCHQ_DATABASE_URL=pg_url, BATCHQ_BROKER_URL=redis_url,
-               BATCHQ_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
-    return env
+    return _services(pg_url, redis_url, tmp_path / "home")
+
+
+@pytest.fixture(scope="module")
+def shared_worker(pg_url, redis_url, tiny_model, tmp_path_factory):
+    """One plain worker (the tiny model, on PostgreSQL and Redis) for the tests of a module
+    that ask nothing special of it: a worker start costs ~9 s of CPU. It stops before any
+    other module's test runs in this process, so no test meets a worker it did not expect."""
+    home = tmp_path_factory.mktemp("shared-worker")
+    env = {**_services(pg_url, redis_url, home), "PYTHONPATH": str(REPO)}
+    worker = WorkerProcess(["--model", str(tiny_model)], env, home / "worker.log", cwd=REPO)
+    worker.wait_ready()
+    yield worker
+    stop_all([worker])
 
 
 @pytest.fixture
@@ -106,45 +183,6 @@ REPO = Path(__file__).resolve().parent.parent
 FAULTY_BATCHQ = [sys.executable, "-m", "tests.fault_launcher"]
 
 
-class WorkerProcess:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path,
-                 command: list[str] | None = None):
-        self.log = log
-        self._file = log.open("w")
-        env = {**env, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([*(command or [BATCHQ]), "worker", *args], env=env,
-                                     stdout=self._file, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=REPO)
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_ready(self, timeout: float = 180) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if " ready." in self.text():
-                return self.text()
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.text()}")
-            time.sleep(0.2)
-        raise AssertionError(f"worker not ready after {timeout}s:\n{self.text()}")
-
-    def kill(self) -> None:
-        """kill -9: no handback, no goodbye; its lease must run out."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._file.close()
-
-
 @pytest.fixture
 def start_worker(tmp_path):
     """Start `batchq worker` subprocesses; all are stopped at the end of the test."""
@@ -155,22 +193,12 @@ def start_worker(tmp_path):
         command = None
         if faults is not None:
             env, command = {**env, "BATCHQ_TEST_FAULT": faults}, FAULTY_BATCHQ
-        worker = WorkerProcess(list(args), env, tmp_path / f"worker-{len(started)}.log", command)
+        worker = WorkerProcess(list(args), {**env, "PYTHONPATH": str(REPO)},
+                               tmp_path / f"worker-{len(started)}.log", command, cwd=REPO)
         started.append(worker)
         if ready:
             worker.wait_ready()
         return worker
 
     yield start
-    for worker in started:
-        worker.stop()
-
-
-def wait_for(predicate, timeout: float = 120, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
+    stop_all(started)

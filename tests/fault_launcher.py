@@ -1,7 +1,7 @@
 """`python -m tests.fault_launcher worker ...`: the real `batchq` CLI with faults injected.
 
-The faults live here, in the tests, not in batchq: this wraps the engine's batch call and then
-runs batchq's own entry point. BATCHQ_TEST_FAULT holds comma-separated faults:
+The faults live here, in the tests, not in batchq: this wraps the engine's padded batch call
+(batchq.engine.runner.ModelRunner.run_padded) and then runs batchq's own entry point. BATCHQ_TEST_FAULT holds comma-separated faults:
 
   crash-on:MARKER   the process kills itself (SIGKILL) when a batch holds a prompt with MARKER
   raise-on:MARKER   such a batch raises RuntimeError
@@ -16,7 +16,7 @@ import os
 import signal
 import time
 
-from batchq.engine import Engine
+from batchq.engine.runner import ModelRunner
 
 
 def _text(item) -> str:
@@ -28,7 +28,7 @@ def install(spec: str) -> None:
     import torch
 
     faults = [part.split(":", 1) for part in spec.split(",") if part]
-    original = Engine._run_batch
+    original = ModelRunner.run_padded
 
     def run_batch(self, items, per_row_limits):
         texts = [_text(item) for item in items]
@@ -43,7 +43,7 @@ def install(spec: str) -> None:
                 raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return original(self, items, per_row_limits)
 
-    Engine._run_batch = run_batch
+    ModelRunner.run_padded = run_batch
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from batchq.testing import check_exactly_once
 from tests.conftest import batchq, wait_for
-from tests.exactly_once import check_exactly_once
 
 pytestmark = [pytest.mark.fault]
 
@@ -90,7 +90,7 @@ def test_files_over_the_limits_and_empty_files_are_refused(embedded_env, tmp_pat
 
 
 @pytest.mark.services
-def test_skip_invalid_runs_the_good_lines_and_records_each_bad_one(services_env, start_worker,
+def test_skip_invalid_runs_the_good_lines_and_records_each_bad_one(services_env, shared_worker,
                                                                    tiny_model, tmp_path):
     lines = [GOOD, BAD_LINES[0][1] + b"\n", b'{"custom_id": "dup", "prompt": "a"}\n',
              b'{"custom_id": "dup", "prompt": "b"}\n', BAD_LINES[1][1] + b"\n",
@@ -107,7 +107,6 @@ def test_skip_invalid_runs_the_good_lines_and_records_each_bad_one(services_env,
         f"  {path}:2: invalid JSON: Expecting ',' delimiter (column 15)",
         f"  {path}:4: duplicate custom_id 'dup' (first used on line 3)",
         f"  {path}:5: not valid UTF-8 (byte 16)"]
-    start_worker("--model", str(tiny_model), env=services_env)
     wait_for(lambda: json.loads(batchq("status", job, "--json", env=services_env).stdout)
              ["status"] == "failed", what="the job")
     ids = ["line-1", "line-2", "dup", "dup", "line-5", "line-6"]
@@ -124,7 +123,7 @@ def test_skip_invalid_runs_the_good_lines_and_records_each_bad_one(services_env,
 
 @pytest.mark.services
 def test_bom_crlf_blank_lines_unicode_and_nul_are_accepted_and_given_back(
-        services_env, start_worker, tiny_model, tmp_path):
+        services_env, shared_worker, tiny_model, tmp_path):
     rows = [{"custom_id": "nul\u0000id", "prompt": "before\u0000after", "max_tokens": 3},
             {"custom_id": "\u0001starts-with-the-marker", "prompt": "x", "max_tokens": 3},
             {"custom_id": "ünï 🚀 漢字", "messages": [{"role": "user", "content": "Grüße 🚀"}],
@@ -137,7 +136,6 @@ def test_bom_crlf_blank_lines_unicode_and_nul_are_accepted_and_given_back(
     res = batchq("submit", str(path), "--model", str(tiny_model), env=services_env)
     assert res.returncode == 0, res.stderr
     job = res.stdout.strip()
-    start_worker("--model", str(tiny_model), env=services_env)
     wait_for(lambda: json.loads(batchq("status", job, "--json", env=services_env).stdout)
              ["status"] == "completed", what="the job")
     ids = [r["custom_id"] for r in rows]

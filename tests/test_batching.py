@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from batchq.batching import BatchBudget, batch_cost, plan_batches
+from batchq.engine.planning import BatchBudget, batch_cost, plan_batches
 
 
 @pytest.mark.parametrize("seed", range(25))

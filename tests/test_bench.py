@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from batchq.bench import Workload
+from batchq.tools.bench.workload import Workload
 from tests.conftest import batchq
 
 SMALL = ["-n", "10", "--prompt-tokens", "8", "96", "--output-tokens", "4", "24", "--seed", "3"]

@@ -6,10 +6,10 @@ import json
 
 from sqlalchemy import select
 
-from batchq import jobs
-from batchq.db import session_scope
-from batchq.models import Chunk, Line
-from batchq.settings import Settings
+from batchq import service
+from batchq.config import Settings
+from batchq.store.models import Chunk, Line
+from batchq.store.sessions import session_scope
 
 
 def test_chunks_hold_lines_of_similar_size_largest_first(embedded_env, tmp_path, monkeypatch):
@@ -22,7 +22,7 @@ def test_chunks_hold_lines_of_similar_size_largest_first(embedded_env, tmp_path,
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    job_id = jobs.submit(str(path), "Qwen/Qwen2.5-0.5B-Instruct", settings=settings)
+    job_id = service.submit(str(path), "Qwen/Qwen2.5-0.5B-Instruct", settings=settings)
 
     with session_scope(settings) as session:
         seq_of = dict(session.execute(select(Line.line_no, Line.chunk_seq)
@@ -35,4 +35,4 @@ def test_chunks_hold_lines_of_similar_size_largest_first(embedded_env, tmp_path,
     # Largest output limit first, then the long prompts, then the short ones.
     assert by_chunk == {1: [7, 8], 2: [1, 3], 3: [2, 5], 4: [4, 6]}
     assert spans == {seq: (min(lines), max(lines)) for seq, lines in by_chunk.items()}
-    assert jobs.status(job_id, settings)["chunks"] == 4
+    assert service.status(job_id, settings).chunks == 4

@@ -11,8 +11,9 @@ import click
 import pytest
 import yaml
 
-from batchq import flower
-from batchq.cli import _read_profile, cli
+from batchq.cli import cli
+from batchq.observe import flower
+from batchq.worker.boot import read_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -73,7 +74,7 @@ def test_every_service_command_is_a_real_batchq_command(compose):
             assert profile and profile.startswith("/workers/"), service
             local = ROOT / "workers" / profile.removeprefix("/workers/")
             assert local.is_file(), f"{service}: profile {profile} is not in workers/"
-            assert _read_profile(str(local))["model"], f"{service}: {profile} names no model"
+            assert read_profile(str(local))["model"], f"{service}: {profile} names no model"
         if command.name == "flower":
             # Flower's options are Flower's: check them, and that this address is allowed.
             built = flower.build(ctx.params["flower_options"], environ={})
@@ -110,6 +111,12 @@ def test_compose_is_the_system_the_readme_describes():
     assert services["migrate"]["command"] == ["db", "upgrade"]
     assert services["migrate"]["restart"] == "no"
     assert any(arg.startswith("--basic-auth=") for arg in services["flower"]["command"])
+    assert services["beat"]["command"][0] == "beat"
+    assert any(volume.endswith(":/documents") for volume in services["beat"]["volumes"])
+    api = services["api"]
+    assert api["command"][0] == "serve" and api["ports"] == ["127.0.0.1:8000:8000"]
+    assert any(volume.endswith(":/data") for volume in api["volumes"])  # the file store
+    assert api["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
 
     workers = {name: body for name, body in services.items() if body.get("command", [""])[0] == "worker"}
     assert len(workers) >= 2
@@ -121,7 +128,7 @@ def test_compose_is_the_system_the_readme_describes():
         profiles.add(body["command"][body["command"].index("--profile") + 1])
         assert body["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
     assert len(set(gpus)) == len(gpus) == len(workers), "each worker gets a GPU of its own"
-    variants = {tuple(sorted(_read_profile(str(ROOT / p.removeprefix("/"))).items()))
+    variants = {tuple(sorted(read_profile(str(ROOT / p.removeprefix("/"))).items()))
                 for p in profiles}
     assert len(variants) == len(workers), "each worker is pinned to a different variant"
 

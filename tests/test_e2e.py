@@ -8,6 +8,7 @@ import re
 import pytest
 
 from batchq.engine import Engine, GenerationSettings, PromptIn
+from batchq.variants import resolve
 from tests.conftest import batchq, wait_for
 
 pytestmark = [pytest.mark.e2e]
@@ -48,7 +49,7 @@ def ids(rows, blank_after=None):
 
 def expected_alone(model_dir, rows, custom_ids):
     """What the engine produces for each accepted line on its own: the independent reference."""
-    from batchq.inputs import parse_line
+    from batchq.formats import parse_line
 
     engine = Engine.load(str(model_dir), "none", "cpu")
     out = {}
@@ -95,9 +96,9 @@ def check_results(lines, rows, custom_ids, reference):
 
 
 @pytest.mark.services
-def test_mixed_file_through_a_worker_on_postgres_and_redis(services_env, start_worker, tiny_model, tmp_path):
+def test_mixed_file_through_a_worker_on_postgres_and_redis(services_env, shared_worker, tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "prompts.jsonl", MIXED, blank_after=3)
-    worker = start_worker("--model", str(tiny_model), env=services_env)
+    worker = shared_worker
     submitted = batchq("submit", str(data), "--model", str(tiny_model),
                        "--max-new-tokens", str(DEFAULT_MAX_NEW), "--name", "mixed", "--wait",
                        env={**services_env, "BATCHQ_CHUNK_SIZE": "3"})
@@ -121,7 +122,8 @@ def test_mixed_file_through_a_worker_on_postgres_and_redis(services_env, start_w
 
     st = json.loads(batchq("status", job_id, "--json", env=services_env).stdout)
     assert st["status"] == "failed" and st["name"] == "mixed"
-    assert st["counts"] == {"total": 7, "completed": 6, "failed": 1, "cancelled": 0, "pending": 0}
+    assert st["counts"] == {"total": 7, "completed": 6, "failed": 1, "cancelled": 0, "pending": 0,
+                            "expired": 0}
     m = st["metrics"]
     assert m["prompt_tokens"] > 0 and m["completion_tokens"] > 0 and m["tokens_per_second"] > 0
     assert 0 < m["padding_efficiency"] <= 1 and m["queue_wait_seconds"] >= 0
@@ -175,7 +177,8 @@ def test_errors_are_one_line_with_documented_exit_codes(services_env, tmp_path):
 
 
 @pytest.mark.services
-def test_routing_int8_and_nf4_workers(services_env, start_worker, tiny_model, tmp_path):
+def test_routing_int8_and_nf4_workers(services_env, start_worker, shared_worker, tiny_model,
+                                      tmp_path):
     """A job for a variant nobody serves stays pending while another variant's job completes."""
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Question {i}?"} for i in range(4)])
     model = str(tiny_model)
@@ -189,7 +192,7 @@ def test_routing_int8_and_nf4_workers(services_env, start_worker, tiny_model, tm
     def state(job):
         return json.loads(batchq("status", job, "--json", env=services_env).stdout)
 
-    start_worker("--model", model, "--quant", "none", env=services_env)
+    assert "queue " + resolve(model, "none").queue in shared_worker.text()  # none's worker
     int8_job, none_job = submit("int8"), submit("none")
     wait_for(lambda: state(none_job)["status"] == "completed", what="the none job")
     waiting = state(int8_job)

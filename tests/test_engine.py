@@ -2,8 +2,7 @@
 
 import pytest
 
-from batchq.batching import BatchBudget
-from batchq.engine import STRATEGIES, Engine, GenerationSettings, PromptIn
+from batchq.engine import STRATEGIES, BatchBudget, Engine, GenerationSettings, PromptIn
 
 PROMPTS = ["Hi", "Tell me a long story about a queue " * 6, "2+2?", "Translate 'cat' to French.",
            "List three colours, one per line, and then explain why each one is nice. " * 3]
@@ -89,10 +88,9 @@ MIXED = [("Hi", 5), ("Tell me a long story about a queue " * 6, 17), ("2+2?", 30
 def test_every_strategy_gives_the_same_greedy_outputs(tiny_model, ignore_eos):
     prompts = [chat(i, text, max_new_tokens=limit) for i, (text, limit) in enumerate(MIXED)]
     results = {}
+    loaded = Engine.load(str(tiny_model), "none", "cpu", BatchBudget(max_tokens=900, max_rows=4))
     for strategy in STRATEGIES:
-        e = Engine.load(str(tiny_model), "none", "cpu", BatchBudget(max_tokens=900, max_rows=4),
-                        strategy)
-        e.ignore_eos = ignore_eos
+        e = loaded.with_options(strategy=strategy, ignore_eos=ignore_eos)
         if ignore_eos:
             # Make the model's own end token one it generates often (the first token it gives
             # the first prompt): ignoring EOS must then still run every row to its limit.
@@ -114,9 +112,9 @@ def test_static_batches_respect_the_budget_and_waste_less_than_naive(tiny_model)
     prompts = [chat(i, text, max_new_tokens=limit) for i, (text, limit) in enumerate(MIXED)]
     budget = BatchBudget(max_tokens=300, max_rows=3)
     waste = {}
+    loaded = Engine.load(str(tiny_model), "none", "cpu", budget, ignore_eos=True)
     for strategy in ("static", "naive"):
-        e = Engine.load(str(tiny_model), "none", "cpu", budget, strategy)
-        e.ignore_eos = True
+        e = loaded.with_options(strategy=strategy)
         outputs = list(e.generate(prompts))
         waste[strategy] = sum(o.stats.decode_slots - o.stats.completion_tokens for o in outputs)
         if strategy == "static":

@@ -17,8 +17,8 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
+from batchq.testing import check_exactly_once
 from tests.conftest import BATCHQ, batchq, wait_for
-from tests.exactly_once import check_exactly_once
 
 pytestmark = [pytest.mark.fault, pytest.mark.services]
 
@@ -217,8 +217,8 @@ def test_a_line_that_raises_fails_alone_and_retry_runs_only_it_again(
 
 def test_the_same_chunk_delivered_twice_at_once_runs_once(env, start_worker, tiny_model,
                                                           tmp_path):
-    from batchq.celery_app import publish_chunks
-    from batchq.settings import Settings
+    from batchq.config import Settings
+    from batchq.queue.publish import ChunkMessage, publish
 
     env = {**env, "BATCHQ_CHUNK_SIZE": "8"}
     rows = rows_of(8)
@@ -227,7 +227,7 @@ def test_the_same_chunk_delivered_twice_at_once_runs_once(env, start_worker, tin
     job = submit(env, tiny_model, write_rows(tmp_path / "p.jsonl", rows))
     (chunk_id, queue), = sql(env, "SELECT c.id, j.queue FROM chunks c JOIN jobs j "
                                   "ON j.id = c.job_id WHERE c.job_id = :j", j=job)
-    publish_chunks(Settings.from_env(env), queue, [chunk_id])  # a second message, at once
+    publish(Settings.from_env(env), [ChunkMessage(chunk_id, queue, "again")])  # a second one, at once
     assert wait_final(env, job) == "completed"
     check_exactly_once(env, job, [r["custom_id"] for r in rows])
     assert sql(env, "SELECT attempts FROM chunks WHERE id = :c", c=chunk_id) == [(1,)]

@@ -2,8 +2,9 @@
 
 import pytest
 
+from batchq.config import is_local
 from batchq.errors import ConfigError
-from batchq.flower import TASK_COLUMNS, build, is_local
+from batchq.observe.flower import TASK_COLUMNS, build
 
 
 def test_defaults_to_loopback_and_shows_labels_and_progress_columns():

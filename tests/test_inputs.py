@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from batchq.inputs import LineError, LineResult, iter_raw_lines, parse_line, render_result
+from batchq.formats import LineError, LineResult, iter_raw_lines, parse_line, render_result
 
 
 def parse(obj, line_no=1):
@@ -42,7 +42,7 @@ def test_openai_chat_and_completion_lines():
 
 
 def test_request_survives_storage_roundtrip():
-    from batchq.inputs import Request
+    from batchq.formats import Request
 
     r = parse({"custom_id": "z", "messages": [{"role": "user", "content": "é\u0000x"}], "stop": ["a", "b"]})
     back = Request.from_row(r.custom_id, r.kind, r.to_json())

@@ -4,8 +4,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from batchq.db import get_engine, head_revision, upgrade
-from batchq.models import Base
+from batchq.store.database import get_engine
+from batchq.store.migrate import head_revision, upgrade
+from batchq.store.schema import Base
 
 
 def diff(url):
@@ -44,3 +45,79 @@ def test_concurrent_upgrades_on_postgres_take_turns(pg_url):
 
     with ThreadPoolExecutor(3) as pool:
         assert list(pool.map(upgrade, [pg_url] * 3)) == [head_revision()] * 3
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def empty_database(request, tmp_path):
+    """A URL of an empty database of each kind (the PostgreSQL one dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import PG_ADMIN_URL
+
+    request.getfixturevalue("pg_url")  # PostgreSQL is there (or the test skips or fails)
+    name = f"batchq_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    get_engine(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_upgrading_a_database_with_jobs_keeps_every_row_and_gives_chunks_their_queue(
+        empty_database):
+    """Jobs stored before an upgrade keep all their lines and chunks (SQLite rebuilds a table
+    to change it, which cascades unless foreign keys are off), and migration 0005, which
+    moved the queue from the job to each chunk, gives each chunk its job's queue."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from batchq.store.migrate import alembic_config
+
+    url = empty_database
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        cfg = alembic_config(url)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+    with engine.begin() as conn:
+        for job, queue in (("a" * 32, "batchq.one.none"), ("b" * 32, "batchq.two.nf4")):
+            conn.execute(text(
+                "INSERT INTO jobs (id, model, quant, queue, status, settings, total_lines, "
+                "total_chunks, created_at) VALUES (:id, 'm', 'none', :queue, 'queued', '{}', "
+                "1, 2, CURRENT_TIMESTAMP)"), {"id": job, "queue": queue})
+            conn.execute(text(
+                "INSERT INTO lines (job_id, line_no, chunk_seq, custom_id, kind, request, status, "
+                "attempts, created_at) VALUES (:job, 1, 1, 'c1', 'prompt', '{}', 'pending', 0, "
+                "CURRENT_TIMESTAMP)"), {"job": job})
+            for seq in (1, 2):
+                conn.execute(text(
+                    "INSERT INTO chunks (job_id, seq, first_line, last_line, status, attempts, "
+                    "batches, prompt_tokens, padded_prompt_tokens, completion_tokens, "
+                    "decode_slots, generate_seconds, peak_memory_bytes) VALUES (:job, :seq, 1, "
+                    "1, 'queued', 0, 0, 0, 0, 0, 0, 0, 0)"), {"job": job, "seq": seq})
+    assert upgrade(url) == head_revision()
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT j.queue, c.queue FROM chunks c JOIN jobs j "
+                                 "ON j.id = c.job_id ORDER BY c.id")).all()
+        lines = conn.execute(text("SELECT count(*) FROM lines")).scalar_one()
+    assert rows == [("batchq.one.none",) * 2] * 2 + [("batchq.two.nf4",) * 2] * 2
+    assert lines == 2
+    assert diff(url) == []
+
+
+def test_the_head_read_from_the_files_is_alembics_head():
+    """The schema check reads the head without Alembic (it is cheaper); both must agree."""
+    from alembic.script import ScriptDirectory
+
+    from batchq.store.migrate import alembic_config
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config("")).get_current_head()

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BATCHQ, IN_CI, batchq, wait_for
+from tests.conftest import BATCHQ, IN_CI, batchq, free_port, scrape, wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Where the README's screenshot comes from: `BATCHQ_SCREENSHOTS=tests/screenshots pytest
@@ -26,25 +25,9 @@ SCREENSHOTS = os.environ.get("BATCHQ_SCREENSHOTS")
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()
-
-
-def scrape(url: str) -> dict[str, float]:
-    """`name{labels} value` lines of a Prometheus text page, as a dict."""
-    samples = {}
-    for line in get(url).splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            samples[key] = float(value)
-    return samples
 
 
 def started(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

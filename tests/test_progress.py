@@ -3,18 +3,27 @@
 import io
 from datetime import UTC, datetime, timedelta
 
-from batchq.progress import Screen, bar
+from batchq.observe.progress import Screen, bar
+from batchq.states import JobStatus
+from batchq.store.views import Counts, JobMetrics, JobView
 
 START = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
-def job(status="running", done=250, failed=3, total=1000, rate=512.4, name=None, run=None):
-    return {"id": "a1b2c3d4e5f6a7b8", "name": name, "status": status,
-            "queue": "batchq.qwen2.5-7b-instruct.nf4",
-            "counts": {"total": total, "completed": done - failed, "failed": failed,
-                       "cancelled": 0, "pending": total - done},
-            "metrics": {"started_at": START.isoformat(), "tokens_per_second": rate,
-                        "run_seconds": run}}
+def job(status="running", done=250, failed=3, total=1000, rate=512.4, name=None, run=None,
+        started=START):
+    """A job's view as read `run` seconds after it started (50 s while it still runs)."""
+    seconds = run or 50
+    read_at = START + timedelta(seconds=seconds)
+    metrics = JobMetrics(created_at=START, started_at=started,
+                         finished_at=read_at if run else None, now=read_at, generate_seconds=0,
+                         batches=0, prompt_tokens=0, padded_prompt_tokens=0,
+                         completion_tokens=round((rate or 0) * seconds), decode_slots=0,
+                         peak_memory_bytes=0)
+    return JobView(id="a1b2c3d4e5f6a7b8", name=name, status=JobStatus(status), model="m",
+                   quant="nf4", queue="batchq.qwen2.5-7b-instruct.nf4", source=None, settings={},
+                   counts=Counts(total, done - failed, failed, 0, total - done), chunks=1,
+                   metrics=metrics)
 
 
 def test_running_job_bar_shows_done_failed_rate_eta_and_variant():
@@ -31,8 +40,7 @@ def test_finished_job_says_how_long_it_took_and_names_the_job():
 
 
 def test_queued_job_has_no_eta_and_no_rate_yet():
-    info = job("queued", done=0, failed=0, rate=None)
-    info["metrics"]["started_at"] = None
+    info = job("queued", done=0, failed=0, rate=None, started=None)
     assert bar(info, width=4) == ("a1b2c3d4e5f6 queued     [....]  0/1000   0%  0 failed  "
                                   "qwen2.5-7b-instruct/nf4")
 

@@ -1,5 +1,5 @@
 """Security promises, against real workers: JSON only, no prompt text in logs, Redis with a
-password and TLS, no model code run without the catalogue's say, secrets never printed."""
+password and TLS, no code shipped with a model ever run, secrets never printed."""
 
 from __future__ import annotations
 
@@ -39,12 +39,12 @@ class Evil:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_a_pickled_message_is_refused_not_run(services_env, start_worker, tiny_model, tmp_path):
-    from batchq.celery_app import RUN_CHUNK, app_for
-    from batchq.settings import Settings
+def test_a_pickled_message_is_refused_not_run(services_env, shared_worker, tiny_model, tmp_path):
+    from batchq.config import Settings
+    from batchq.queue.app import RUN_CHUNK, app_for
     from batchq.variants import resolve
 
-    worker = start_worker("--model", str(tiny_model), env=services_env)
+    worker = shared_worker
     marker = tmp_path / "pwned"
     app = app_for(Settings.from_env(services_env))
     app.send_task(RUN_CHUNK, args=[Evil(marker)], queue=resolve(str(tiny_model)).queue,
@@ -58,19 +58,20 @@ def test_a_pickled_message_is_refused_not_run(services_env, start_worker, tiny_m
     assert job.returncode == 0, job.stderr
 
 
-def test_no_prompt_text_in_worker_logs_at_info(services_env, start_worker, tiny_model, tmp_path):
-    worker = start_worker("--model", str(tiny_model), "--loglevel", "INFO", env=services_env)
+def test_no_prompt_text_in_worker_logs_at_info(services_env, shared_worker, tiny_model, tmp_path):
+    worker = shared_worker  # its log level is INFO
     rows = [{"prompt": f"{SECRET_PROMPT} {i}"} for i in range(3)]
     rows.append({"custom_id": "long", "prompt": f"{SECRET_PROMPT} " * 3000})  # fails: context
     res = batchq("submit", str(write(tmp_path / "p.jsonl", rows)), "--model", str(tiny_model),
                  "--max-new-tokens", "3", "--wait", env=services_env)
     assert res.returncode == 6, res.stderr  # the long line failed; the others ran
-    wait_for(lambda: "finished: {" in worker.text(), what="the chunk summary")
+    job = res.stdout.strip()
+    wait_for(lambda: f"'job': '{job}'" in worker.text(), what="this job's chunk summary")
     assert "batchq.run_chunk" in worker.text()
     assert SECRET_PROMPT not in worker.text()
 
 
-def test_trust_remote_code_only_when_the_catalogue_says_so(tiny_model, tmp_path):
+def test_code_shipped_with_a_model_never_runs(tiny_model, tmp_path):
     from batchq.engine import Engine
     from batchq.errors import NotFound
 

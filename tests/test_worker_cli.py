@@ -8,13 +8,13 @@ from tests.conftest import batchq
 def test_every_shipped_profile_parses_and_names_a_known_model():
     from pathlib import Path
 
-    from batchq.cli import _read_profile
     from batchq.variants import resolve
+    from batchq.worker.boot import read_profile
 
     profiles = sorted(Path(__file__).parent.parent.glob("workers/*.toml"))
     assert len(profiles) >= 6
     for path in profiles:
-        prof = _read_profile(str(path))
+        prof = read_profile(str(path))
         variant = resolve(prof["model"], prof.get("quant"))
         assert variant.entry is not None, path  # a catalogue model, so its queue is well known
         assert all(prof.get(k, 1) > 0 for k in ("max_batch_tokens", "max_batch_rows"))

@@ -1,0 +1,61 @@
+"""batchq's values in the shapes of OpenAI's Files and Batches API (what the `openai` client
+parses with strict validation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from batchq.service.batches import CANCELLED, COMPLETED, EXPIRED, BatchView, usage
+from batchq.store.tenancy import FileView
+
+
+def _ts(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+def file_object(view: FileView) -> dict[str, Any]:
+    return {"id": view.id, "object": "file", "bytes": view.bytes,
+            "created_at": _ts(view.created_at), "filename": view.filename,
+            "purpose": view.purpose, "status": "processed", "expires_at": None,
+            "status_details": None}
+
+
+def batch_object(batch: BatchView) -> dict[str, Any]:
+    row, job, status = batch.row, batch.job, batch.status
+    finished = job.metrics.finished_at if job else None
+    counts = job.counts if job else None
+    spent = usage(job)
+    return {
+        "id": row.id, "object": "batch", "endpoint": row.endpoint, "model": row.model,
+        "errors": ({"object": "list", "data": row.errors} if row.errors else None),
+        "input_file_id": row.input_file_id, "completion_window": row.completion_window,
+        "status": status, "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "created_at": _ts(row.created_at),
+        "in_progress_at": _ts(row.created_at) if job else None,  # validated at creation
+        "expires_at": _ts(row.expires_at),
+        "finalizing_at": _ts(finished) if status == COMPLETED else None,
+        "completed_at": _ts(finished) if status == COMPLETED else None,
+        "failed_at": _ts(row.failed_at),
+        "expired_at": _ts(finished) if status == EXPIRED else None,
+        "cancelling_at": _ts(row.cancelling_at),
+        "cancelled_at": _ts(finished) if status == CANCELLED else None,
+        "request_counts": {"total": counts.total if counts else 0,
+                           "completed": counts.succeeded if counts else 0,
+                           "failed": counts.failed + counts.expired if counts else 0},
+        "metadata": row.metadata,
+        "usage": {"input_tokens": spent["input_tokens"],
+                  "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": spent["output_tokens"],
+                  "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": spent["total_tokens"]},
+    }
+
+
+def page(objects: Sequence[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A cursor page: the next one starts `after` the last id."""
+    return {"object": "list", "data": list(objects),
+            "first_id": objects[0]["id"] if objects else None,
+            "last_id": objects[-1]["id"] if objects else None, "has_more": has_more}

@@ -1,0 +1,28 @@
+"""The engine: prompts in, completions and batch measurements out; pure of database and broker.
+
+  types       PromptIn, GenerationSettings, Completion, BatchStats, BatchOutput
+  planning    batch budgets and the length-sorted plan (also the order submit chunks by)
+  codec       chat template in, end tokens and stop strings out
+  loading     one model per worker; budgets sized from free memory
+  device      the one device policy (GPU pinning) and CUDA accounting
+  runner      the loaded model and the padded `generate` call strategies share
+  strategies  static, continuous, naive behind one interface
+  core        Engine: groups prompts by sampling settings and hands them to a strategy
+
+Importing it does not import torch; loading a model does.
+"""
+
+from batchq.engine.core import Engine, default_strategy
+from batchq.engine.planning import BatchBudget
+from batchq.engine.strategies import STRATEGIES
+from batchq.engine.types import (
+    DEFAULT_MAX_NEW_TOKENS,
+    BatchOutput,
+    BatchStats,
+    Completion,
+    GenerationSettings,
+    PromptIn,
+)
+
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "STRATEGIES", "BatchBudget", "BatchOutput", "BatchStats",
+           "Completion", "Engine", "GenerationSettings", "PromptIn", "default_strategy"]

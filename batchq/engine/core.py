@@ -1,0 +1,138 @@
+"""The engine: text and generation settings in, text and token counts out.
+
+It imports nothing of batchq but its own modules and errors: no database, no Celery, so it
+can be tested, benchmarked and reused alone. Prompts with different sampling settings never
+share a generation call; output limits may differ within one. How a group of prompts becomes
+batches is a strategy's business (batchq.engine.strategies).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from batchq.engine.codec import PromptCodec, end_token_ids
+from batchq.engine.device import Device, select_device
+from batchq.engine.loading import default_budget, load_pretrained
+from batchq.engine.planning import BatchBudget
+from batchq.engine.runner import ModelRunner
+from batchq.engine.strategies import BY_NAME, STRATEGIES, Strategy
+from batchq.engine.strategies.static import StaticBatches
+from batchq.engine.types import BatchOutput, GenerationSettings, OnBatch, PromptIn, WorkItem
+from batchq.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def default_strategy(device: str) -> str:
+    """The strategy that measured fastest on this kind of device (README, Performance)."""
+    return "static"
+
+
+def _ignore(keys: list[Any]) -> None:
+    pass
+
+
+def _known(strategy: str) -> str:
+    if strategy not in BY_NAME:
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    return strategy
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, strategy: str | None = None):
+        self.runner = runner
+        self.strategy = _known(strategy or default_strategy(runner.device.name))
+        config = runner.model.config
+        self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+
+    @classmethod
+    def load(cls, model_ref: str, quant: str = "none", device: str | None = None,
+             budget: BatchBudget | None = None, strategy: str | None = None, *,
+             ignore_eos: bool = False, max_batch_tokens: int | None = None,
+             max_batch_rows: int | None = None) -> Engine:
+        """Load once per worker. The budget is `budget`, else sized from the device's free
+        memory; max_batch_tokens and max_batch_rows (a profile, an option) override its parts."""
+        device = device or select_device()
+        model, tokenizer = load_pretrained(model_ref, quant, device)
+        where = Device(device)
+        budget = (budget or default_budget(model, where)).limited(max_batch_tokens,
+                                                                   max_batch_rows)
+        codec = PromptCodec(tokenizer, end_token_ids(model, tokenizer), ignore_eos)
+        engine = cls(ModelRunner(model, codec, where, budget), strategy)
+        log.info("loaded %s (%s) on %s; strategy %s", model_ref, quant, device, engine.strategy)
+        return engine
+
+    def with_options(self, *, strategy: str | None = None,
+                     ignore_eos: bool | None = None) -> Engine:
+        """The same loaded model, run another way (benchmarks compare strategies with it)."""
+        codec = self.codec
+        if ignore_eos is not None:
+            codec = PromptCodec(codec.tokenizer, codec.eos_ids, ignore_eos)
+        return Engine(replace(self.runner, codec=codec), strategy or self.strategy)
+
+    # ------------------------------------------------------------ what callers read
+
+    @property
+    def model(self) -> Any:
+        return self.runner.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.runner.codec.tokenizer
+
+    @property
+    def codec(self) -> PromptCodec:
+        return self.runner.codec
+
+    @property
+    def device(self) -> str:
+        return self.runner.device.name
+
+    @property
+    def ignore_eos(self) -> bool:
+        return self.runner.codec.ignore_eos
+
+    @property
+    def budget(self) -> BatchBudget:
+        return self.runner.budget
+
+    @budget.setter
+    def budget(self, value: BatchBudget) -> None:
+        self.runner.budget = value
+
+    def encode(self, prompt: PromptIn) -> list[int]:
+        return self.codec.encode(prompt)
+
+    # ------------------------------------------------------------ generating
+
+    def generate(self, prompts: Iterable[PromptIn],
+                 on_batch: OnBatch | None = None) -> Iterator[BatchOutput]:
+        """Yield one BatchOutput per batch, so callers can store results as they come.
+
+        `on_batch(keys)` is called just before a batch starts, with its prompts' keys: the
+        worker counts attempts with it, so a batch that kills the process is known afterwards.
+        """
+        started = on_batch or _ignore
+        groups: dict[GenerationSettings, list[WorkItem]] = defaultdict(list)
+        for prompt in prompts:
+            item = WorkItem(prompt, self.codec.encode(prompt))
+            problem = self._does_not_fit(len(item.ids), item.limit)
+            if problem:
+                yield item.failed_alone(problem)
+                continue
+            groups[prompt.settings.sampling].append(item)
+        chosen = BY_NAME[self.strategy](self.runner)
+        for sampling, items in groups.items():
+            strategy: Strategy = (chosen if chosen.serves(sampling)
+                                  else StaticBatches(self.runner))
+            yield from strategy.run(items, started)
+
+    def _does_not_fit(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
+        if self.context and prompt_tokens + max_new_tokens > self.context:
+            return (f"prompt of {prompt_tokens} tokens plus max_new_tokens {max_new_tokens} "
+                    f"exceeds the model's context of {self.context} tokens")
+        return None

@@ -1,0 +1,93 @@
+"""Loading a model once per worker, and sizing its batches from the memory left beside it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from batchq.engine.device import Device
+from batchq.engine.planning import BatchBudget
+from batchq.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+
+def quantization_config(quant: str, device: str) -> Any:
+    """bitsandbytes settings for int8 and nf4; None for unquantized weights."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quant == "nf4":
+        compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+    return None
+
+
+def load_pretrained(model_ref: str, quant: str, device: str) -> tuple[Any, Any]:
+    """(model, tokenizer), ready for left-padded batches. A local directory and a Hugging Face
+    id take the same path. Code shipped beside a model never runs (trust_remote_code is off):
+    Qwen2 and Qwen3 are built into transformers; any other architecture is refused."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_ref, trust_remote_code=False)
+        qconfig = quantization_config(quant, device)
+        if qconfig is None:
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+            model = AutoModelForCausalLM.from_pretrained(
+                model_ref, dtype=dtype, trust_remote_code=False).to(device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_ref, quantization_config=qconfig, device_map={"": device},
+                trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        # ValueError: among others, a model that needs its own code.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NotFound(f"cannot load model {model_ref!r}: {first}") from exc
+    model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_tokenizer(model_ref: str) -> tuple[Any, int | None]:
+    """(tokenizer, context length) without loading the weights: enough to count tokens and
+    to split what would not fit (a schedule's documents)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_ref, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(model_ref, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NotFound(f"cannot load the tokenizer of {model_ref!r}: {first}") from exc
+    context = getattr(getattr(config, "text_config", None) or config,
+                      "max_position_embeddings", None)
+    return tokenizer, int(context) if context else None
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int = 2) -> int:
+    """KV-cache bytes one token costs: keys and values, every layer, every KV head."""
+    text = getattr(config, "text_config", None) or config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return int(2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes)
+
+
+def default_budget(model: Any, device: Device) -> BatchBudget:
+    """Batch budget from what is free on the GPU once the model is loaded (a worker profile or
+    --max-batch-tokens overrides it). On CPU, the fixed defaults."""
+    if not device.on_cuda:
+        return BatchBudget()
+    free, total = device.free_memory()
+    # Keep a tenth of the card and a fifth of what is free for activations, logits and the
+    # allocator's fragmentation; the rest holds the KV cache of one batch.
+    usable = max(0, free - total // 10) * 0.8
+    max_tokens = max(1024, min(4_000_000, int(usable / kv_bytes_per_token(model.config))))
+    return BatchBudget(max_tokens=max_tokens, max_rows=max(8, min(256, max_tokens // 1024)))

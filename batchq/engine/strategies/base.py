@@ -1,0 +1,31 @@
+"""The interface every strategy implements: work items in, one output per batch out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import ClassVar
+
+from batchq.engine.runner import ModelRunner
+from batchq.engine.types import BatchOutput, GenerationSettings, OnBatch, WorkItem
+
+
+class Strategy(ABC):
+    """Turns prompts that share sampling settings into batches and runs them on the runner.
+
+    `run` yields one BatchOutput per batch, so callers can store results as they come, and calls
+    `started(keys)` just before each batch begins.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+
+    def serves(self, sampling: GenerationSettings) -> bool:
+        """Whether this strategy can run a group with these settings (else static runs it)."""
+        return True
+
+    @abstractmethod
+    def run(self, items: list[WorkItem], started: OnBatch) -> Iterator[BatchOutput]:
+        ...

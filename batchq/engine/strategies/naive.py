@@ -1,0 +1,21 @@
+"""The loop the tutorials teach, kept as the baseline of `batchq bench`: arrival order, batches
+of 16, padded to the longest, one `generate` per batch, every row run to the largest limit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from batchq.engine.strategies.base import Strategy
+from batchq.engine.types import BatchOutput, OnBatch, WorkItem
+
+NAIVE_BATCH_ROWS = 16
+
+
+class NaiveLoop(Strategy):
+    name = "naive"
+
+    def run(self, items: list[WorkItem], started: OnBatch) -> Iterator[BatchOutput]:
+        for start in range(0, len(items), NAIVE_BATCH_ROWS):
+            batch = items[start:start + NAIVE_BATCH_ROWS]
+            started([item.key for item in batch])
+            yield self.runner.run_padded(batch, per_row_limits=False)

@@ -1,0 +1,334 @@
+"""JSONL line formats in, result formats out.
+
+Three input shapes, mixable in one file:
+  {"prompt": "..."}                       sent through the chat template as one user message
+  {"messages": [{"role", "content"}...]}  a chat
+  {"custom_id", "method": "POST", "url": "/v1/chat/completions" | "/v1/completions", "body": {...}}
+                                          an OpenAI batch request line
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import IO, Any
+
+from batchq.states import UNANSWERED, LineStatus
+
+
+class LineKind(StrEnum):
+    """The shape a line came in, which is also the shape its result goes out in."""
+
+    PROMPT = "prompt"
+    MESSAGES = "messages"
+    OPENAI_CHAT = "openai-chat"
+    OPENAI_COMPLETION = "openai-completion"
+    INVALID = "invalid"  # refused by `submit --skip-invalid`: stored failed, never run
+
+    @property
+    def openai(self) -> bool:
+        return self in (LineKind.OPENAI_CHAT, LineKind.OPENAI_COMPLETION)
+
+
+ROLES = ("system", "user", "assistant")
+OPENAI_URLS = {"/v1/chat/completions": LineKind.OPENAI_CHAT,
+               "/v1/completions": LineKind.OPENAI_COMPLETION}
+MAX_TOKEN_KEYS = ("max_new_tokens", "max_tokens", "max_completion_tokens")
+PARAM_KEYS = (*MAX_TOKEN_KEYS, "temperature", "top_p", "seed", "stop")
+PLAIN_KEYS = {"prompt", "messages", "custom_id", *PARAM_KEYS}
+MAX_STOP_STRINGS = 4
+
+
+class LineError(ValueError):
+    """What is wrong with one line, phrased for the person who wrote it. `code` and `param`
+    (the field, e.g. body.model) are what the HTTP API reports in a batch's errors.data."""
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated input line, normalised. Stored as JSON; never sent through the broker."""
+
+    custom_id: str
+    kind: LineKind
+    messages: list[dict[str, str]] | None = None  # chat kinds
+    text: str | None = None  # raw completion prompt (openai-completion): no chat template
+    params: dict[str, Any] = field(default_factory=dict)  # only what the line set itself
+    model: str | None = None  # as the line named it (OpenAI lines' body.model)
+
+    def to_json(self) -> str:
+        body: dict[str, Any] = {"params": self.params}
+        if self.messages is not None:
+            body["messages"] = self.messages
+        if self.text is not None:
+            body["text"] = self.text
+        if self.model is not None:
+            body["model"] = self.model
+        return json.dumps(body, ensure_ascii=False)
+
+    @classmethod
+    def from_row(cls, custom_id: str, kind: str, stored: str) -> Request:
+        body = json.loads(stored)
+        return cls(custom_id, LineKind(kind), body.get("messages"), body.get("text"),
+                   body["params"], body.get("model"))
+
+
+# ---------------------------------------------------------------- reading
+
+def _reject_constant(name: str) -> float:
+    raise LineError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def iter_raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the line end) for every non-blank line, read as a stream."""
+    for line_no, raw in enumerate(stream, start=1):
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        raw = raw.rstrip(b"\r\n")
+        if raw.strip():
+            yield line_no, raw
+
+
+def parse_line(raw: bytes, line_no: int) -> Request:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LineError(f"not valid UTF-8 (byte {exc.start + 1})") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise LineError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise LineError(f"expected a JSON object, got {_type_name(obj)}")
+    if "url" in obj or "body" in obj or "method" in obj:
+        return _parse_openai(obj, line_no)
+    return _parse_plain(obj, line_no)
+
+
+def _parse_plain(obj: dict[str, Any], line_no: int) -> Request:
+    unknown = sorted(set(obj) - PLAIN_KEYS)
+    if unknown:
+        raise LineError(
+            f"unknown field {unknown[0]!r} (allowed: prompt or messages, custom_id, "
+            + ", ".join(PARAM_KEYS) + ")"
+        )
+    custom_id = _custom_id(obj, line_no)
+    params = _params(obj, "")
+    if "prompt" in obj and "messages" in obj:
+        raise LineError("give either 'prompt' or 'messages', not both")
+    if "prompt" in obj:
+        prompt = _nonempty_str(obj["prompt"], "prompt")
+        return Request(custom_id, LineKind.PROMPT, [{"role": "user", "content": prompt}], None,
+                       params)
+    if "messages" in obj:
+        return Request(custom_id, LineKind.MESSAGES, _messages(obj["messages"], "messages"),
+                       None, params)
+    raise LineError("missing 'prompt' or 'messages' (or an OpenAI batch line with 'url' and 'body')")
+
+
+def _parse_openai(obj: dict[str, Any], line_no: int) -> Request:
+    if "custom_id" not in obj:
+        raise LineError("OpenAI batch line without 'custom_id'")
+    custom_id = _custom_id(obj, line_no)
+    method = obj.get("method", "POST")
+    if method != "POST":
+        raise LineError(f"field 'method': only POST is supported, got {method!r}")
+    url = obj.get("url")
+    kind = OPENAI_URLS.get(url) if isinstance(url, str) else None
+    if kind is None:
+        raise LineError(f"field 'url': unsupported {url!r} (use {' or '.join(OPENAI_URLS)})")
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise LineError(f"field 'body': expected an object, got {_type_name(body)}")
+    if body.get("n", 1) != 1:
+        raise LineError("field 'body.n': only n=1 is supported")
+    if body.get("stream", False):
+        raise LineError("field 'body.stream': streaming is not supported in a batch")
+    params = _params(body, "body.")
+    model = _nonempty_str(body["model"], "body.model") if "model" in body else None
+    if kind is LineKind.OPENAI_CHAT:
+        if "messages" not in body:
+            raise LineError("field 'body.messages' is missing", param="body.messages")
+        return Request(custom_id, kind, _messages(body["messages"], "body.messages"), None,
+                       params, model)
+    if "prompt" not in body:
+        raise LineError("field 'body.prompt' is missing", param="body.prompt")
+    return Request(custom_id, kind, None, _nonempty_str(body["prompt"], "body.prompt"), params,
+                   model)
+
+
+def _custom_id(obj: dict[str, Any], line_no: int) -> str:
+    if "custom_id" not in obj:
+        return f"line-{line_no}"
+    value = obj["custom_id"]
+    if not isinstance(value, str) or not value:
+        raise LineError(f"field 'custom_id': expected a non-empty string, got {_type_name(value)}")
+    return value
+
+
+def _nonempty_str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise LineError(f"field '{where}': expected a string, got {_type_name(value)}")
+    if not value.strip():
+        raise LineError(f"field '{where}' is empty")
+    return value
+
+
+def _messages(value: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise LineError(f"field '{where}': expected a non-empty list of messages")
+    out = []
+    for i, msg in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(msg, dict):
+            raise LineError(f"field '{at}': expected an object, got {_type_name(msg)}")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise LineError(f"field '{at}.role': expected one of {', '.join(ROLES)}, got {role!r}")
+        out.append({"role": role, "content": _content(msg.get("content"), f"{at}.content")})
+    if out[-1]["role"] == "assistant" and len(out) == 1:
+        raise LineError(f"field '{where}': needs at least one system or user message")
+    return out
+
+
+def _content(value: Any, where: str) -> str:
+    # OpenAI also allows a list of parts; only text parts mean anything to a text model.
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if not (isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)):
+                raise LineError(f"field '{where}': only text parts are supported")
+            texts.append(part["text"])
+        value = "".join(texts)
+    return _nonempty_str(value, where)
+
+
+def _params(obj: dict[str, Any], prefix: str) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    given = [k for k in MAX_TOKEN_KEYS if k in obj]
+    if len(given) > 1:
+        raise LineError(f"give only one of {', '.join(prefix + k for k in given)}")
+    if given:
+        params["max_new_tokens"] = _int_in(obj[given[0]], prefix + given[0], 1, 1_000_000)
+    if "temperature" in obj:
+        params["temperature"] = _num_in(obj["temperature"], prefix + "temperature", 0.0, 2.0)
+    if "top_p" in obj:
+        params["top_p"] = _num_in(obj["top_p"], prefix + "top_p", 0.0, 1.0)
+        if params["top_p"] == 0.0:
+            raise LineError(f"field '{prefix}top_p' must be greater than 0")
+    if "seed" in obj and obj["seed"] is not None:
+        params["seed"] = _int_in(obj["seed"], prefix + "seed", 0, 2**63 - 1)
+    if "stop" in obj and obj["stop"] is not None:
+        params["stop"] = _stop(obj["stop"], prefix + "stop")
+    return params
+
+
+def _int_in(value: Any, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LineError(f"field '{where}': expected an integer, got {_type_name(value)}")
+    if not low <= value <= high:
+        raise LineError(f"field '{where}': {value} is outside {low}..{high}")
+    return value
+
+
+def _num_in(value: Any, where: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LineError(f"field '{where}': expected a number, got {_type_name(value)}")
+    if not low <= value <= high:
+        raise LineError(f"field '{where}': {value} is outside {low}..{high}")
+    return float(value)
+
+
+def _stop(value: Any, where: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if (not isinstance(items, list) or not items or len(items) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and s for s in items)):
+        raise LineError(f"field '{where}': expected a string or a list of 1 to "
+                        f"{MAX_STOP_STRINGS} non-empty strings")
+    return items
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(value), "a value")
+
+
+# ---------------------------------------------------------------- writing results
+
+@dataclass(frozen=True)
+class LineResult:
+    """A stored line as the results writer needs it (a value, not a table row)."""
+
+    line_no: int
+    custom_id: str
+    kind: LineKind
+    status: LineStatus
+    output: str | None
+    finish_reason: str | None
+    error: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+    def __post_init__(self) -> None:
+        # Rows read through the store are typed already; plain strings are accepted too.
+        object.__setattr__(self, "kind", LineKind(self.kind))
+        object.__setattr__(self, "status", LineStatus(self.status))
+
+    @property
+    def usage(self) -> dict[str, int] | None:
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+def render_result(result: LineResult, job_id: str, model: str, created: int) -> dict[str, Any]:
+    if result.kind.openai:
+        return _render_openai(result, job_id, model, created)
+    error = None
+    if result.status in UNANSWERED:
+        error = {"code": _error_code(result), "message": result.error or result.status}
+    return {"custom_id": result.custom_id, "status": result.status.value, "output": result.output,
+            "finish_reason": result.finish_reason, "usage": result.usage, "error": error}
+
+
+def _render_openai(result: LineResult, job_id: str, model: str, created: int) -> dict[str, Any]:
+    # Ids derive from job and line so that results written twice are identical.
+    req = uuid.uuid5(uuid.NAMESPACE_URL, f"batchq:{job_id}:{result.line_no}").hex
+    line: dict[str, Any] = {"id": f"batch_req_{req}", "custom_id": result.custom_id,
+                            "response": None, "error": None}
+    if result.status is LineStatus.SUCCEEDED:
+        if result.kind is LineKind.OPENAI_CHAT:
+            choice = {"index": 0, "message": {"role": "assistant", "content": result.output},
+                      "logprobs": None, "finish_reason": result.finish_reason}
+            body: dict[str, Any] = {"id": f"chatcmpl-{req}", "object": "chat.completion"}
+        else:
+            choice = {"index": 0, "text": result.output, "logprobs": None,
+                      "finish_reason": result.finish_reason}
+            body = {"id": f"cmpl-{req}", "object": "text_completion"}
+        body.update({"created": created, "model": model, "choices": [choice],
+                     "usage": result.usage})
+        line["response"] = {"status_code": 200, "request_id": req, "body": body}
+    elif result.status in UNANSWERED:
+        line["error"] = {"code": _error_code(result), "message": result.error or result.status}
+    return line
+
+
+def _error_code(result: LineResult) -> str:
+    """The code a script can act on, by line format (the plain one names statuses)."""
+    if result.kind is LineKind.INVALID:
+        return "invalid_input"
+    if result.status is LineStatus.EXPIRED:
+        return "batch_expired"
+    if result.kind.openai:
+        return "cancelled" if result.status is LineStatus.CANCELLED else "generation_failed"
+    return result.status.value

@@ -1,0 +1,1 @@
+"""Watching batchq run: progress bars, the job report, Prometheus metrics, Flower."""

@@ -1,0 +1,152 @@
+"""Reading an input file for a job: spooled if it is stdin, every line checked before anything
+is stored, and each accepted line's chunk planned by its size.
+
+The file is read twice and never held whole: the first pass keeps counts, 8-byte digests of
+the custom ids and one integer per line; the second pass streams the rows into the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import tempfile
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from batchq.config import Settings
+from batchq.engine.planning import order_key
+from batchq.errors import InputError, NotFound
+from batchq.formats import LineError, Request, iter_raw_lines, parse_line
+
+MAX_PROBLEMS_SHOWN = 20
+
+Reopen = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
+# What every line must satisfy besides its own format (an HTTP batch's endpoint, say): it
+# raises LineError for a line that does not.
+Rule = Callable[[Request], None]
+
+
+def _too_big(name: str, size: int | str, settings: Settings) -> InputError:
+    return InputError(name, [], 0, f"{name}: {size} bytes, over the limit of "
+                      f"{settings.max_file_bytes} (BATCHQ_MAX_FILE_BYTES); no job created")
+
+
+@contextlib.contextmanager
+def open_input(path: str, settings: Settings) -> Iterator[tuple[str, Reopen]]:
+    """A name for messages and a way to read the input twice (stdin is spooled to disk)."""
+    if path == "-":
+        with tempfile.TemporaryFile() as spool:
+            copied = 0
+            while block := sys.stdin.buffer.read(1 << 20):
+                copied += len(block)
+                if copied > settings.max_file_bytes:
+                    raise _too_big("<stdin>", "more than " + str(settings.max_file_bytes),
+                                   settings)
+                spool.write(block)
+
+            def rewound() -> contextlib.AbstractContextManager[IO[bytes]]:
+                spool.seek(0)
+                return contextlib.nullcontext(spool)  # read it again; the spool stays open
+
+            yield "<stdin>", rewound
+        return
+    file = Path(path)
+    if not file.is_file():
+        raise NotFound(f"{path}: no such file")
+    size = file.stat().st_size
+    if size > settings.max_file_bytes:
+        raise _too_big(path, size, settings)
+    yield path, lambda: file.open("rb")
+
+
+def check_line(raw: bytes, line_no: int, settings: Settings) -> Request:
+    if len(raw) > settings.max_line_bytes:
+        raise LineError(f"line is {len(raw)} bytes, over the limit of "
+                        f"{settings.max_line_bytes} (BATCHQ_MAX_LINE_BYTES)")
+    return parse_line(raw, line_no)
+
+
+def _size_key(request: Request, default_limit: int) -> int:
+    """A line's place in length order, packed in one int (planner's key, characters for tokens)."""
+    chars = len(request.text or "") + sum(len(m.get("content", "")) for m in request.messages or ())
+    bucket, length = order_key(chars, request.params.get("max_new_tokens", default_limit))
+    return (bucket << 40) | min(length, (1 << 40) - 1)
+
+
+@dataclass
+class Checked:
+    """What the first pass keeps: counts, the refused lines' reasons and each line's size key."""
+
+    accepted: int = 0
+    refused: dict[int, LineError] = field(default_factory=dict)  # line number -> why
+    problems: list[str] = field(default_factory=list)  # the first few, for people
+    sizes: array[int] = field(default_factory=lambda: array("q"))
+
+
+def check_all(name: str, stream: IO[bytes], settings: Settings, default_limit: int,
+              rule: Rule | None = None) -> Checked:
+    """First pass: every line checked; nothing kept but counts, id digests and size keys."""
+    checked = Checked()
+    seen: dict[bytes, int] = {}  # 8-byte digest of custom_id -> first line number
+    for line_no, raw in iter_raw_lines(stream):
+        try:
+            request = check_line(raw, line_no, settings)
+            digest = hashlib.blake2b(request.custom_id.encode(), digest_size=8).digest()
+            if digest in seen:
+                raise LineError(f"duplicate custom_id {request.custom_id!r} "
+                                f"(first used on line {seen[digest]})",
+                                "duplicate_custom_id", "custom_id")
+            if rule is not None:
+                rule(request)
+            seen[digest] = line_no
+            checked.accepted += 1
+            checked.sizes.append(_size_key(request, default_limit))
+        except LineError as exc:
+            checked.refused[line_no] = exc
+            if len(checked.problems) < MAX_PROBLEMS_SHOWN:
+                checked.problems.append(f"{name}:{line_no}: {exc}")
+        if checked.accepted + len(checked.refused) > settings.max_file_lines:
+            raise InputError(name, [], 0, f"{name}: more than {settings.max_file_lines} lines "
+                             "(BATCHQ_MAX_FILE_LINES); no job created")
+    return checked
+
+
+def refuse_unless_runnable(name: str, checked: Checked, skip_invalid: bool) -> None:
+    """Raise InputError unless the file may become a job (with --skip-invalid, bad lines may)."""
+    if checked.refused and not skip_invalid:
+        raise InputError(name, checked.problems, len(checked.refused))
+    if checked.accepted == 0:
+        if checked.refused:
+            raise InputError(name, checked.problems, len(checked.refused),
+                             f"{name}: no valid line among {len(checked.refused)}, no job created")
+        raise InputError(name, [], 0, f"{name}: the file has no lines to run; no job created")
+
+
+def guess_custom_id(raw: bytes, line_no: int, settings: Settings) -> str:
+    """A refused line's own custom_id when it has a readable one, else line-N."""
+    if len(raw) <= settings.max_line_bytes:
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str) and obj["custom_id"]:
+            return str(obj["custom_id"])
+    return f"line-{line_no}"
+
+
+def chunk_by_size(sizes: array[int], chunk_size: int) -> array[int]:
+    """Chunk seq of each accepted line (in file order): largest lines first, chunk_size a chunk.
+
+    Lines of similar length and output limit share a chunk, so the worker's batches pad little;
+    the largest chunks run first, so memory trouble shows early rather than at the end.
+    """
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -i), reverse=True)
+    chunk_of = array("i", bytes(4 * len(sizes)))
+    for position, index in enumerate(order):
+        chunk_of[index] = position // chunk_size + 1
+    return chunk_of

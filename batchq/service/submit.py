@@ -1,0 +1,109 @@
+"""Submitting a file: validate every line, store the job whole in one transaction, queue it."""
+
+from __future__ import annotations
+
+import uuid
+from array import array
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from batchq.config import Settings, get_settings
+from batchq.engine.types import DEFAULT_MAX_NEW_TOKENS
+from batchq.formats import LineKind, iter_raw_lines
+from batchq.service import dispatch
+from batchq.service.intake import (
+    Checked,
+    Reopen,
+    check_all,
+    check_line,
+    chunk_by_size,
+    guess_custom_id,
+    open_input,
+    refuse_unless_runnable,
+)
+from batchq.store.intake import Also, NewJob, NewLine, create_job
+from batchq.variants import Variant, resolve
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Job-level generation settings; each line's own settings override them."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def validate_file(path: str, settings: Settings | None = None) -> int:
+    """Check every line of a file without storing anything; returns the number of lines.
+
+    Raises InputError naming each bad line (the first 20, then a count).
+    """
+    settings = settings or get_settings()
+    with open_input(path, settings) as (source, reopen), reopen() as stream:
+        checked = check_all(source, stream, settings, DEFAULT_MAX_NEW_TOKENS)
+    refuse_unless_runnable(source, checked, skip_invalid=False)
+    return checked.accepted
+
+
+def submit(path: str, model: str, quant: str | None = None, *,
+           job_settings: JobSettings | None = None, name: str | None = None,
+           settings: Settings | None = None, skip_invalid: bool = False,
+           refused: list[str] | None = None) -> str:
+    """Validate the whole file, store job, lines and chunks in one transaction, then enqueue.
+
+    Returns the new job's id. Raises InputError (nothing stored) if any line is invalid, unless
+    skip_invalid: then each bad line is stored as a failed line with its reason (the first
+    few reasons are appended to `refused`), and the good ones run.
+    """
+    settings = settings or get_settings()
+    variant = resolve(model, quant, settings.model_aliases)
+    job_settings = job_settings or JobSettings()
+    default_limit = job_settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    with open_input(path, settings) as (source, reopen):
+        with reopen() as stream:
+            checked = check_all(source, stream, settings, default_limit)
+        refuse_unless_runnable(source, checked, skip_invalid)
+        if refused is not None:
+            refused.extend(checked.problems)
+        return store_checked(settings, source, reopen, checked, variant,
+                             NewJob(id=uuid.uuid4().hex, name=name, source=source,
+                                    model=variant.model, quant=variant.quant,
+                                    queue=variant.queue, settings=job_settings.to_dict(),
+                                    total_lines=checked.accepted + len(checked.refused)))
+
+
+def store_checked(settings: Settings, source: str, reopen: Reopen, checked: Checked,
+                  variant: Variant, job: NewJob, also: Also | None = None) -> str:
+    """A checked file becomes a job: its chunks planned, every row stored in one transaction
+    (with `also`'s rows), its chunks queued. Returns the job's id."""
+    from batchq.queue.publish import check_broker  # Celery: only where a message is sent
+
+    chunk_of = chunk_by_size(checked.sizes, settings.chunk_size)
+    checked.sizes = array("q")
+    check_broker(settings)
+    with reopen() as stream:
+        chunks = create_job(settings, job, _new_lines(stream, checked, chunk_of, settings),
+                            also)
+    dispatch.send(settings, chunks)
+    return job.id
+
+
+def _new_lines(stream: IO[bytes], checked: Checked, chunk_of: array[int],
+               settings: Settings) -> Iterator[NewLine]:
+    """Second pass: each line as it will be stored, in file order."""
+    accepted = 0
+    for line_no, raw in iter_raw_lines(stream):
+        reason = checked.refused.get(line_no)
+        if reason is not None:
+            yield NewLine(line_no, guess_custom_id(raw, line_no, settings), LineKind.INVALID,
+                          refused=str(reason))
+            continue
+        request = check_line(raw, line_no, settings)
+        yield NewLine(line_no, request.custom_id, request.kind, request.to_json(),
+                      chunk_seq=chunk_of[accepted])
+        accepted += 1

@@ -1,0 +1,106 @@
+"""A new job's rows: the job, every line and the chunks, written in one transaction, so a job
+exists whole or not at all."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.orm import Session
+
+from batchq.config import Settings
+from batchq.formats import LineKind
+from batchq.states import ChunkStatus, JobStatus, LineStatus
+from batchq.store.database import utcnow
+from batchq.store.models import Chunk, Job, Line
+from batchq.store.reads import select_chunks
+from batchq.store.sessions import session_scope
+from batchq.store.views import ChunkRef
+
+INSERT_BATCH = 1000
+
+# More rows written in the job's transaction (an HTTP batch's own row): called with the
+# session once the job's rows are in it.
+Also = Callable[[Session], None]
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    name: str | None
+    source: str | None  # the file it came from, for people
+    model: str
+    quant: str
+    queue: str
+    settings: dict[str, Any]  # job-level generation settings
+    total_lines: int
+    expires_at: datetime | None = None  # the end of its completion window, if it has one
+
+
+@dataclass(frozen=True, slots=True)
+class NewLine:
+    """An accepted line (with its request and chunk), or a refused one (with its reason)."""
+
+    line_no: int
+    custom_id: str
+    kind: LineKind
+    request: str | None = None  # JSON of the normalised request
+    chunk_seq: int = 0  # 0 is no chunk: a refused line never runs
+    refused: str | None = None
+
+
+def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
+               also: Also | None = None) -> list[ChunkRef]:
+    """Store the job, its lines (streamed, inserted a thousand at a time) and one chunk per
+    chunk_seq the accepted lines use, and `also`'s rows. Returns the chunks, to be queued."""
+    now = utcnow()
+    with session_scope(settings) as session:
+        session.add(Job(
+            id=job.id, name=job.name, source=job.source, model=job.model, quant=job.quant,
+            queue=job.queue, status=JobStatus.QUEUED, settings=json.dumps(job.settings),
+            total_lines=job.total_lines, total_chunks=0, created_at=now,
+            expires_at=job.expires_at))
+        session.flush()
+        rows: list[dict[str, Any]] = []
+        spans: dict[int, list[int]] = {}  # chunk seq -> [first line, last line]
+        for line in lines:
+            if line.refused is None:
+                spans.setdefault(line.chunk_seq, [line.line_no, line.line_no])[1] = line.line_no
+            rows.append(_line_row(job.id, line, now))
+            if len(rows) >= INSERT_BATCH:
+                session.execute(insert(Line), rows)
+                rows = []
+        if rows:
+            session.execute(insert(Line), rows)
+        session.execute(insert(Chunk), [_chunk_row(job.id, seq, spans[seq], job.queue, now)
+                                        for seq in sorted(spans)])
+        session.execute(update(Job).where(Job.id == job.id).values(total_chunks=len(spans)))
+        if also is not None:
+            also(session)
+        return select_chunks(session, Chunk.job_id == job.id)
+
+
+def _line_row(job_id: str, line: NewLine, now: datetime) -> dict[str, Any]:
+    row: dict[str, Any] = {"job_id": job_id, "line_no": line.line_no,
+                           "chunk_seq": line.chunk_seq, "custom_id": line.custom_id,
+                           "kind": line.kind, "attempts": 0, "created_at": now}
+    if line.refused is None:
+        row.update(request=line.request, status=LineStatus.PENDING)
+    else:
+        # Its request is not kept: it was not valid.
+        row.update(request="null", status=LineStatus.FAILED, finished_at=now,
+                   error=f"invalid input line {line.line_no}: {line.refused}")
+    return row
+
+
+def _chunk_row(job_id: str, seq: int, span: list[int], queue: str,
+               now: datetime) -> dict[str, Any]:
+    return {"job_id": job_id, "seq": seq, "first_line": span[0], "last_line": span[1],
+            "queue": queue, "status": ChunkStatus.QUEUED, "attempts": 0, "enqueued_at": now,
+            "batches": 0, "prompt_tokens": 0, "padded_prompt_tokens": 0,
+            "completion_tokens": 0, "decode_slots": 0, "generate_seconds": 0.0,
+            "peak_memory_bytes": 0}

@@ -1,0 +1,152 @@
+"""The job tables: jobs, their chunks and lines, and the batches that ran them. The schema
+changes only through migrations/; tests prove the two agree (batchq.store.schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from batchq.formats import LineKind
+from batchq.states import ChunkStatus, JobStatus, LineStatus
+from batchq.store.columns import Base, BigId, EnumText, SafeText, UtcDateTime, one_of
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(one_of(JobStatus), name="status"),
+        Index("ix_jobs_created_at", "created_at"),
+        Index("ix_jobs_status_expires_at", "status", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(Text)  # the file it came from, for people
+    model: Mapped[str] = mapped_column(Text)
+    quant: Mapped[str] = mapped_column(String(8))
+    queue: Mapped[str] = mapped_column(String(200))  # of the job's model: for people
+    status: Mapped[JobStatus] = mapped_column(EnumText(JobStatus, 16), default=JobStatus.QUEUED)
+    settings: Mapped[str] = mapped_column(Text)  # JSON: the job-level generation settings
+    total_lines: Mapped[int] = mapped_column(Integer)
+    total_chunks: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # The end of its completion window (HTTP batches): lines still open then expire.
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class Chunk(Base):
+    """A group of a job's lines of similar length; one Celery message, one unit of claiming.
+
+    Its lines are those whose chunk_seq is its seq; first_line and last_line are their span,
+    for people (a chunk's lines are not contiguous: submit groups them by length).
+    """
+
+    __tablename__ = "chunks"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        CheckConstraint(one_of(ChunkStatus), name="status"),
+        Index("ix_chunks_status_lease", "status", "lease_expires_at"),
+        Index("ix_chunks_queue_status", "queue", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)  # 1-based position in the job
+    first_line: Mapped[int] = mapped_column(Integer)
+    last_line: Mapped[int] = mapped_column(Integer)
+    # The variant's queue its message goes to and its workers sweep: a chunk's own, since a
+    # job's lines may name different models.
+    queue: Mapped[str] = mapped_column(String(200))
+    status: Mapped[ChunkStatus] = mapped_column(EnumText(ChunkStatus, 16),
+                                                default=ChunkStatus.QUEUED)
+    # Claims so far; the claim's number is its fencing token (only its holder renews the lease).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # When its broker message was last sent; NULL if it never was (broker down at submit).
+    enqueued_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Metrics of the generation that ran for this chunk, summed over its batches.
+    batches: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    padded_prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    decode_slots: Mapped[int] = mapped_column(BigInteger, default=0)
+    generate_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    peak_memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Line(Base):
+    """One input line: its request, its single final state and at most one output."""
+
+    __tablename__ = "lines"
+    __table_args__ = (
+        UniqueConstraint("job_id", "line_no"),
+        # Ids of accepted lines are unique; a refused line keeps the id it had, even a duplicate.
+        Index("uq_lines_job_id_custom_id", "job_id", "custom_id", unique=True,
+              postgresql_where=text(f"kind <> '{LineKind.INVALID.value}'"),
+              sqlite_where=text(f"kind <> '{LineKind.INVALID.value}'")),
+        CheckConstraint(one_of(LineStatus), name="status"),
+        Index("ix_lines_job_id_status", "job_id", "status"),
+        Index("ix_lines_job_id_chunk_seq", "job_id", "chunk_seq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    line_no: Mapped[int] = mapped_column(Integer)  # 1-based line number in the input file
+    chunk_seq: Mapped[int] = mapped_column(Integer)  # the seq of the chunk that runs it
+    custom_id: Mapped[str] = mapped_column(SafeText)
+    kind: Mapped[LineKind] = mapped_column(EnumText(LineKind, 24))
+    request: Mapped[str] = mapped_column(Text)  # JSON of the normalised request
+    status: Mapped[LineStatus] = mapped_column(EnumText(LineStatus, 16),
+                                               default=LineStatus.PENDING)
+    output: Mapped[str | None] = mapped_column(SafeText)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(SafeText)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # GPU batches that started this line since it was submitted or retried. A pending line with
+    # attempts was in a batch that never ended (crash, kill, error): it runs alone next time,
+    # and fails once it reaches BATCHQ_MAX_ATTEMPTS.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class BatchRun(Base):
+    """One GPU batch that ended, written in the same commit as its lines' results: what
+    `batchq report` draws (throughput over time, latency, padding, each worker's share)."""
+
+    __tablename__ = "batch_runs"
+    # By job for reports; by time for the metrics' recent tokens/s.
+    __table_args__ = (Index("ix_batch_runs_job_id", "job_id"),
+                      Index("ix_batch_runs_finished_at", "finished_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    chunk_seq: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    seconds: Mapped[float] = mapped_column(Float)
+    rows: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    padded_prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    decode_slots: Mapped[int] = mapped_column(Integer)

