@@ -94,9 +94,13 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
     try:
         wait_for(lambda: up(f"{flower_url}/healthcheck"), timeout=60, what="Flower")
         wait_for(lambda: up(metrics_url), timeout=60, what="batchq metrics")
-        # Slow batches of 4 rows: two per chunk, long enough to watch it run.
+        # Slow batches of 4 rows, two per chunk. The worker holds its second batch until the
+        # test has seen the first chunk mid-way: however loaded the machine, the job is watched
+        # while it runs, not after.
+        hold = tmp_path / "hold"
+        hold.touch()
         start_worker("--model", str(tiny_model), "--max-batch-rows", "4", env=env,
-                     faults="slow:0.3")
+                     faults=f"slow:0.3,hold:{hold}")
         # The database is shared with other tests: metrics are compared with this baseline.
         before = scrape(metrics_url)
         data = tmp_path / "p.jsonl"
@@ -132,6 +136,7 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
         assert during['batchq_jobs{status="running"}'] - before['batchq_jobs{status="running"}'] == 1
         # Five chunks, one held by the only worker: the rest wait on the broker queue.
         assert 0 <= during[f'batchq_queue_depth{{variant="{variant}"}}'] <= 4
+        hold.unlink()  # let it run on
 
         assert batchq("status", job, "--json", env=env).returncode == 0
         wait_for(lambda: json.loads(batchq("status", job, "--json", env=env).stdout)["status"]
