@@ -256,7 +256,8 @@ def test_retry_runs_the_failed_lines_again(server, worker, api_env):
     (failed,) = jsonl(c.files.content(done.error_file_id).text)
     assert failed["custom_id"] == "req-1" and failed["error"]["code"] == "generation_failed"
     retried = c.post(f"/batches/{done.id}/retry", cast_to=openai.types.Batch)
-    assert retried.status == "in_progress" and retried.request_counts.failed == 0
+    # The failed line is queued again; a quick worker may have run it before the answer left.
+    assert (retried.status, retried.request_counts.failed) in (("in_progress", 0), ("completed", 1))
     again = final(c, done.id)
     assert again.status == "completed" and again.request_counts.failed == 1
     assert again.error_file_id != done.error_file_id  # a new file for the new outcome

@@ -183,7 +183,7 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
         # The watch drew the job's bar as it moved, and its final state; Ctrl-C ends it cleanly.
         wait_for(lambda: "completed" in watch_log.read_text(), timeout=10, what="final bar")
         watch.send_signal(signal.SIGINT)
-        assert watch.wait(10) == 0
+        assert watch.wait(20) == 0
         bars = [line for line in watch_log.read_text().splitlines() if line.startswith(job[:12])]
         assert any(" running " in b and "ETA" in b for b in bars), bars
         assert re.fullmatch(rf"{job[:12]} completed  \[#{{24}}\]  40/40 100%  0 failed  "

@@ -4,8 +4,9 @@ the exit code a waited-for job ends with."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
-import time
+import threading
 from typing import IO
 
 import click
@@ -53,11 +54,16 @@ def print_list(jobs: list[JobView]) -> None:
 
 
 def watch(job_ref: str | None, interval: float) -> None:
-    """Redraw until Ctrl-C. A job that ends stays on screen, marked, until the watch ends."""
+    """Redraw until Ctrl-C. A job that ends stays on screen, marked, until the watch ends.
+
+    Ctrl-C only sets a flag: the watch ends between refreshes, never with a database call cut
+    in half (an interrupt inside the driver could leave the process waiting on the server)."""
     screen = Screen(sys.stdout)
     shown: dict[str, JobView] = {}
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        while True:
+        while not stop.is_set():
             if job_ref:
                 jobs = [service.status(job_ref)]
             else:
@@ -70,9 +76,9 @@ def watch(job_ref: str | None, interval: float) -> None:
                 jobs = list(shown.values())
             lines = [bar(job) for job in jobs] or ["no queued or running jobs"]
             screen.show(lines, key=change_key(jobs))
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        pass  # the watch's way out, not an error
+            stop.wait(interval)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def final_exit(job: JobView) -> None:
