@@ -194,3 +194,51 @@ def test_two_beats_fire_each_time_once_and_a_restarted_beat_catches_up(
     finally:
         for process in beats:
             stop(process)
+
+
+def test_map_reduce_gives_one_answer_per_long_document(services_env, shared_worker, tiny_model,
+                                                        tmp_path):
+    env = {**services_env, "PYTHONPATH": str(REPO)}
+    docs = tmp_path / "books"
+    docs.mkdir()
+    (docs / "short.txt").write_text("A short note.")
+    (docs / "long.txt").write_text("\n\n".join(f"Chapter {i}: " + "the worker reads on. " * 20
+                                               for i in range(60)))  # past the context
+    out = tmp_path / "out"
+    added = batchq("schedule", "add", "books", "--every", "1h", "--source", str(docs),
+                   "--template", str(template_file(tmp_path)), "--model", str(tiny_model),
+                   "--max-new-tokens", "3", "--long", "map-reduce", "--output", str(out), env=env)
+    assert added.returncode == 0, added.stderr
+    process = beat(env, tmp_path / "beat.log")
+    try:
+        assert batchq("schedule", "run-now", "books", env=env).returncode == 0
+        (run,) = wait_for(lambda: [r for r in runs(env, "books") if r[2] == "completed"],
+                          timeout=120, what="the run")
+    finally:
+        stop(process)
+    run_dir = Path(run[5])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["job"] == run[4] and manifest["combine_job"] not in (None, run[4])
+    results = {line["path"]: line for line in jsonl(run_dir / "results.jsonl")}
+    # One line per document: the long one's answer is the combining prompt's, over its parts.
+    assert sorted(results) == ["long.txt", "short.txt"]
+    whole, short = results["long.txt"], results["short.txt"]
+    assert whole["status"] == short["status"] == "succeeded" and whole["output"]
+    assert whole["part"] == 0 and whole["parts"] >= 2 and short["parts"] == 1
+    assert not (run_dir / "errors.jsonl").read_text()
+    # The map job ran every part; the combine job, an ordinary job too, one line per document.
+    parts = [json.loads(x) for x in batchq("results", run[4], env=env).stdout.splitlines()]
+    assert len(parts) == whole["parts"] + 1
+    (combined,) = [json.loads(x) for x in
+                   batchq("results", manifest["combine_job"], env=env).stdout.splitlines()]
+    assert combined["output"] == whole["output"]
+    (prompt,) = sql(env, "SELECT request FROM lines WHERE job_id = :j", j=manifest["combine_job"])
+    assert "(part 1 of" in str(prompt) and "combine:" in str(prompt)
+
+
+def template_file(tmp_path: Path) -> Path:
+    """A template that shows which pass it is: each part, or the parts' answers combined."""
+    path = tmp_path / "summary.j2"
+    path.write_text("{% if part == 0 %}combine: {% endif %}Summarise {{ filename }}"
+                    "{% if parts > 1 %} (part {{ part }}/{{ parts }}){% endif %}:\n{{ document }}")
+    return path
