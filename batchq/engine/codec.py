@@ -7,7 +7,8 @@ belongs here too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batchq.engine.types import Completion, PromptIn, WorkItem
@@ -20,6 +21,10 @@ def end_token_ids(model: Any, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return sorted(ids)
+
+
+# A placeholder for a shielded string: private-use characters no tokenizer gives a meaning to.
+_SHIELD = re.compile("\ue000(\\d+)\ue001")
 
 
 class PromptCodec:
@@ -40,12 +45,60 @@ class PromptCodec:
     def encode(self, prompt: PromptIn) -> list[int]:
         if prompt.token_ids is not None:
             return list(prompt.token_ids)
-        if prompt.messages is not None:
-            text = self.tokenizer.apply_chat_template(
-                [dict(m) for m in prompt.messages], tokenize=False, add_generation_prompt=True)
-        else:
-            text = prompt.text or ""
+        if prompt.messages is None:
+            # A raw completion prompt keeps its literal control tokens: that is what raw means.
+            return self._tokens(prompt.text or "")
+        messages, literals = self._shielded(prompt.messages)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+        if not literals:
+            return self._tokens(text)
+        # The template's own control tokens are parsed; a shielded string is only text.
+        ids: list[int] = []
+        for n, piece in enumerate(_SHIELD.split(text)):
+            ids += self._tokens(piece) if n % 2 == 0 else self._plain(literals[int(piece)])
+        return ids
+
+    def _tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _shielded(self, messages: Sequence[Mapping[str, str]]
+                  ) -> tuple[list[dict[str, str]], list[str]]:
+        """Messages whose control-token strings (`<|im_end|>`, `<think>`, any added token) are
+        swapped for placeholders, so a document or a user cannot open a turn of their own:
+        the chat's structure comes from the template alone."""
+        added = self._added_pattern()
+        literals: list[str] = []
+
+        def shield(match: re.Match[str]) -> str:
+            literals.append(match.group(0))
+            return f"\ue000{len(literals) - 1}\ue001"
+
+        out = []
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                message = {**message, "content": added.sub(shield, content)}
+            out.append(dict(message))
+        return out, literals
+
+    def _added_pattern(self) -> re.Pattern[str]:
+        if not hasattr(self, "_added"):
+            # The placeholder's own characters are shielded too: content cannot forge one.
+            strings = [*self.tokenizer.get_added_vocab(), "\ue000", "\ue001"]
+            self._added = re.compile("|".join(map(re.escape, sorted(strings, key=len,
+                                                                    reverse=True))))
+        return self._added
+
+    def _plain(self, text: str) -> list[int]:
+        """`text` through the tokenizer's normalizer, pre-tokenizer and BPE, never its added
+        vocabulary: `<|im_end|>` comes out as the characters `<|im_end|>`."""
+        backend = self.tokenizer.backend_tokenizer
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [
+            (text, None)]
+        return [token.id for piece, _ in pieces for token in backend.model.tokenize(piece)]
 
     def decode(self, item: WorkItem, row: Sequence[int]) -> Completion:
         """One row of generated ids as a completion, cut at the first end token or stop string."""
