@@ -38,9 +38,23 @@ ROLES = ("system", "user", "assistant")
 OPENAI_URLS = {"/v1/chat/completions": LineKind.OPENAI_CHAT,
                "/v1/completions": LineKind.OPENAI_COMPLETION}
 MAX_TOKEN_KEYS = ("max_new_tokens", "max_tokens", "max_completion_tokens")
-PARAM_KEYS = (*MAX_TOKEN_KEYS, "temperature", "top_p", "seed", "stop")
+# Qwen's recommended settings use these beyond OpenAI's temperature and top_p.
+SAMPLING_KEYS = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+PARAM_KEYS = (*MAX_TOKEN_KEYS, "temperature", "top_p", "seed", "stop", *SAMPLING_KEYS)
 PLAIN_KEYS = {"prompt", "messages", "custom_id", *PARAM_KEYS}
+OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
+# Body fields honoured only at the value that changes nothing (any other value is refused by
+# name): one choice, no streaming, no log probabilities, plain text out.
+OPENAI_NEUTRAL = {"n": (1,), "stream": (False, None), "logprobs": (False, None),
+                  "response_format": ({"type": "text"}, None), "stream_options": (None,)}
+# `user` labels the caller for OpenAI's abuse monitoring; it changes no output.
+OPENAI_BODY_KEYS = {"model", "user", *PARAM_KEYS, *OPENAI_NEUTRAL}
 MAX_STOP_STRINGS = 4
+
+
+def openai_kind(url: str) -> LineKind | None:
+    """The kind of an OpenAI request url; Azure's spelling, without /v1, is the same endpoint."""
+    return OPENAI_URLS.get(url if url.startswith("/v1/") else "/v1" + url)
 
 
 class LineError(ValueError):
@@ -142,27 +156,42 @@ def _parse_openai(obj: dict[str, Any], line_no: int) -> Request:
     if method != "POST":
         raise LineError(f"field 'method': only POST is supported, got {method!r}")
     url = obj.get("url")
-    kind = OPENAI_URLS.get(url) if isinstance(url, str) else None
+    kind = openai_kind(url) if isinstance(url, str) else None
     if kind is None:
         raise LineError(f"field 'url': unsupported {url!r} (use {' or '.join(OPENAI_URLS)})")
+    unknown = sorted(set(obj) - OPENAI_LINE_KEYS)
+    if unknown:
+        raise LineError(f"unknown field {unknown[0]!r} (an OpenAI batch line has "
+                        "custom_id, method, url and body)", param=unknown[0])
     body = obj.get("body")
     if not isinstance(body, dict):
         raise LineError(f"field 'body': expected an object, got {_type_name(body)}")
-    if body.get("n", 1) != 1:
-        raise LineError("field 'body.n': only n=1 is supported")
-    if body.get("stream", False):
-        raise LineError("field 'body.stream': streaming is not supported in a batch")
+    text = "messages" if kind is LineKind.OPENAI_CHAT else "prompt"
+    if text not in body:
+        raise LineError(f"field 'body.{text}' is missing", param=f"body.{text}")
+    _refuse_unhonoured(body, text)
     params = _params(body, "body.")
     model = _nonempty_str(body["model"], "body.model") if "model" in body else None
     if kind is LineKind.OPENAI_CHAT:
-        if "messages" not in body:
-            raise LineError("field 'body.messages' is missing", param="body.messages")
         return Request(custom_id, kind, _messages(body["messages"], "body.messages"), None,
                        params, model)
-    if "prompt" not in body:
-        raise LineError("field 'body.prompt' is missing", param="body.prompt")
     return Request(custom_id, kind, None, _nonempty_str(body["prompt"], "body.prompt"), params,
                    model)
+
+
+def _refuse_unhonoured(body: dict[str, Any], text: str) -> None:
+    """Every body field is honoured or refused by name: none is silently dropped."""
+    for key, value in body.items():
+        where = f"body.{key}"
+        if key in OPENAI_NEUTRAL:
+            if value not in OPENAI_NEUTRAL[key]:
+                shown = json.dumps(value)[:60]
+                raise LineError(f"field '{where}': {shown} is not supported (batchq gives one "
+                                "plain-text answer per line, not streamed, without logprobs)",
+                                param=where)
+        elif key not in OPENAI_BODY_KEYS and key != text:
+            raise LineError(f"field '{where}' is not supported; batchq honours {text}, model, "
+                            + ", ".join(PARAM_KEYS) + ", user", param=where)
 
 
 def _custom_id(obj: dict[str, Any], line_no: int) -> str:
@@ -229,6 +258,20 @@ def _params(obj: dict[str, Any], prefix: str) -> dict[str, Any]:
         params["seed"] = _int_in(obj["seed"], prefix + "seed", 0, 2**63 - 1)
     if "stop" in obj and obj["stop"] is not None:
         params["stop"] = _stop(obj["stop"], prefix + "stop")
+    if obj.get("top_k") is not None:
+        # -1 is how vLLM and SGLang spell "off"; batchq's own is 0.
+        params["top_k"] = max(0, _int_in(obj["top_k"], prefix + "top_k", -1, 1_000_000))
+    if obj.get("min_p") is not None:
+        params["min_p"] = _num_in(obj["min_p"], prefix + "min_p", 0.0, 1.0)
+    if obj.get("repetition_penalty") is not None:
+        params["repetition_penalty"] = _num_in(obj["repetition_penalty"],
+                                               prefix + "repetition_penalty", 0.0, 2.0)
+        if params["repetition_penalty"] == 0.0:
+            raise LineError(f"field '{prefix}repetition_penalty' must be greater than 0 "
+                            "(1 is off)")
+    for key in ("presence_penalty", "frequency_penalty"):
+        if obj.get(key) is not None:
+            params[key] = _num_in(obj[key], prefix + key, -2.0, 2.0)
     return params
 
 

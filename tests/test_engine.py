@@ -157,3 +157,39 @@ def test_out_of_memory_splits_the_batch_and_later_batches_stay_small(tiny_model,
     after_first_split = seen_rows[seen_rows.index(max(seen_rows)) + 1:]
     assert max(seen_rows) > 2 and seen_rows.count(max(seen_rows)) == 1
     assert all(rows <= 4 for rows in after_first_split)
+
+
+@pytest.mark.parametrize("strategy", ["static", "continuous"])
+@pytest.mark.parametrize("penalty", ["frequency_penalty", "presence_penalty"])
+def test_openai_penalties_act_on_the_output_under_every_strategy(engine, strategy, penalty):
+    # A random model's choices have wide margins; a huge negative penalty (beyond what a line
+    # may ask for) makes its effect certain: the first output token wins every later step.
+    engine = engine.with_options(strategy=strategy)
+    first = run(engine, [chat(0, "hi", max_new_tokens=1)])[0].text
+    plain = run(engine, [chat(0, "hi", max_new_tokens=6)])[0]
+    looped = run(engine, [chat(0, "hi", max_new_tokens=6, **{penalty: -100.0})])[0]
+    assert plain.text != first * 6
+    assert looped.text == first * 6 and looped.completion_tokens == 6
+
+
+def test_repetition_penalty_reaches_generate_and_the_model_defaults_do_not(engine):
+    plain = run(engine, [chat(0, "hi", max_new_tokens=8)])[0].text
+    assert run(engine, [chat(0, "hi", max_new_tokens=8, repetition_penalty=1.0)])[0].text == plain
+    assert run(engine, [chat(0, "hi", max_new_tokens=8, repetition_penalty=0.01)])[0].text != plain
+    # The tiny model ships Qwen2.5-Instruct's generation_config (sampling, repetition_penalty
+    # 1.05): greedy lines stay greedy and unpenalised; `--sampling model` asks for those values.
+    assert engine.recommended_sampling() == {"temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                                             "repetition_penalty": 1.05}
+    again = Engine.load(str(engine.model.name_or_path), "none", "cpu")
+    again.model.generation_config.repetition_penalty = 1.0
+    again.model.generation_config.do_sample = False
+    assert run(again, [chat(0, "hi", max_new_tokens=8)])[0].text == plain
+
+
+def test_a_lines_settings_override_the_jobs_which_override_the_models():
+    model = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+    merged = GenerationSettings.merged({"top_k": 5, "temperature": None}, {"temperature": 0.2},
+                                       model)
+    assert (merged.temperature, merged.top_p, merged.top_k, merged.repetition_penalty) == (
+        0.2, 0.8, 5, 1.05)
+    assert GenerationSettings.merged({}, {}).greedy  # the default stays greedy

@@ -41,6 +41,22 @@ def test_openai_chat_and_completion_lines():
     assert (comp.kind, comp.text, comp.messages) == ("openai-completion", "Once", None)
 
 
+def test_qwens_sampling_settings_and_openais_neutral_fields_are_honoured():
+    r = parse({"prompt": "x", "top_k": 20, "min_p": 0.05, "repetition_penalty": 1.05,
+               "presence_penalty": 1.5, "frequency_penalty": -0.5})
+    assert r.params == {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.05,
+                        "presence_penalty": 1.5, "frequency_penalty": -0.5}
+    assert parse({"prompt": "x", "top_k": -1}).params == {"top_k": 0}  # vLLM's "off"
+    # Fields at the value that changes nothing are accepted; Azure's urls have no /v1.
+    chat = parse({"custom_id": "a", "url": "/chat/completions", "body": {
+        "messages": [{"role": "user", "content": "x"}], "n": 1, "stream": False,
+        "logprobs": False, "response_format": {"type": "text"}, "user": "u-7",
+        "frequency_penalty": 0.5}})
+    assert (chat.kind, chat.params) == ("openai-chat", {"frequency_penalty": 0.5})
+    assert parse({"custom_id": "b", "url": "/completions", "body": {"prompt": "x"}}).kind == (
+        "openai-completion")
+
+
 def test_request_survives_storage_roundtrip():
     from batchq.formats import Request
 
@@ -67,7 +83,18 @@ def test_request_survives_storage_roundtrip():
     (b'{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {}}', "only POST"),
     (b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {}}', "unsupported '/v1/embeddings'"),
     (b'{"method": "POST", "url": "/v1/completions", "body": {"prompt": "x"}}', "without 'custom_id'"),
-    (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "n": 2}}', "n=1"),
+    (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "n": 2}}', "field 'body.n': 2 is not supported"),
+    (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 2.5}}', "body.frequency_penalty': 2.5 is outside -2.0..2.0"),
+    (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}}', "field 'body.response_format': {\"type\": \"json_object\"} is not supported"),
+    (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "tools": []}}', "field 'body.tools' is not supported; batchq honours messages, model"),
+    (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "echo": true}}', "field 'body.echo' is not supported; batchq honours prompt"),
+    (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x"}, "extra": 1}', "unknown field 'extra'"),
+    (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "logprobs": 2}}', "field 'body.logprobs': 2 is not supported"),
+    (b'{"prompt": "x", "top_k": 2.5}', "field 'top_k': expected an integer"),
+    (b'{"prompt": "x", "top_k": -2}', "field 'top_k': -2 is outside -1..1000000"),
+    (b'{"prompt": "x", "min_p": 1.5}', "field 'min_p': 1.5 is outside 0.0..1.0"),
+    (b'{"prompt": "x", "repetition_penalty": 0}', "'repetition_penalty' must be greater than 0"),
+    (b'{"prompt": "x", "presence_penalty": -3}', "field 'presence_penalty': -3 is outside"),
     (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"prompt": "x"}}', "body.messages' is missing"),
     (b'{"x": 1}', "unknown field 'x'"),
     (b'{}', "missing 'prompt' or 'messages'"),

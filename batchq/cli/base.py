@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 unexpected error; 2 usage or configuration; 3 invalid input 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -98,14 +99,45 @@ gpu_option = click.option("--gpu", type=click.IntRange(0), default=None,
                           help="GPU index (default: 0 if any).")
 
 
+_GENERATION = (
+    click.option("--max-new-tokens", type=click.IntRange(1), default=None,
+                 help="Output limit for lines that do not set one (default 256)."),
+    click.option("--temperature", type=click.FloatRange(0, 2), default=None,
+                 help="Sampling temperature for lines that do not set one (default 0: greedy)."),
+    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
+                 help="Nucleus sampling for lines that do not set top_p."),
+    click.option("--top-k", type=click.IntRange(0), default=None,
+                 help="Sample from the K likeliest tokens (0: off)."),
+    click.option("--min-p", type=click.FloatRange(0, 1), default=None,
+                 help="Drop tokens less likely than this share of the likeliest (0: off)."),
+    click.option("--repetition-penalty", type=click.FloatRange(0, 2, min_open=True),
+                 default=None, help="Hugging Face's penalty on prompt and output tokens (1: off)."),
+    click.option("--presence-penalty", type=click.FloatRange(-2, 2), default=None,
+                 help="OpenAI's penalty on tokens already in the output (0: off)."),
+    click.option("--frequency-penalty", type=click.FloatRange(-2, 2), default=None,
+                 help="OpenAI's penalty per repeat of a token in the output (0: off)."),
+    click.option("--sampling", type=click.Choice(["greedy", "model"]), default=None,
+                 help="model: start from the model's generation_config (what Qwen recommends); "
+                      "the options above and each line's own settings override it. "
+                      "Default: greedy, for reproducible results."),
+)
+
+
 def generation_options(f: Any) -> Any:
-    f = click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
-                     help="Nucleus sampling for lines that do not set top_p.")(f)
-    f = click.option("--temperature", type=click.FloatRange(0, 2), default=None,
-                     help="Sampling temperature for lines that do not set one (default 0: greedy).")(f)
-    f = click.option("--max-new-tokens", type=click.IntRange(1), default=None,
-                     help="Output limit for lines that do not set one (default 256).")(f)
-    return f
+    """The job-level generation settings, handed to the command as one `job_settings`."""
+    from batchq.service import JobSettings
+
+    names = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+             "presence_penalty", "frequency_penalty", "sampling")
+
+    @functools.wraps(f)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in names}
+        return f(*args, job_settings=JobSettings(**given), **kwargs)
+
+    for option in reversed(_GENERATION):
+        command = option(command)
+    return command
 
 
 def job_options(f: Any) -> Any:

@@ -22,17 +22,15 @@ from batchq.service import JobSettings
               help="Run the valid lines and record each invalid one as a failed line with its "
                    "reason, instead of refusing the whole file.")
 @click.option("--wait", is_flag=True, help="Show progress and exit 0 only if the job completed.")
-def submit(file: str, model: str, quant: str | None, max_new_tokens: int | None,
-           temperature: float | None, top_p: float | None, name: str | None,
-           skip_invalid: bool, wait: bool) -> None:
+def submit(file: str, model: str, quant: str | None, job_settings: JobSettings,
+           name: str | None, skip_invalid: bool, wait: bool) -> None:
     """Validate FILE (JSONL, '-' for stdin), store it as a job and queue its chunks.
 
     Prints the job id, alone, on stdout.
     """
     refused: list[str] = []
     job_id = service.submit(file, model, quant, name=name, skip_invalid=skip_invalid,
-                            refused=refused,
-                            job_settings=JobSettings(max_new_tokens, temperature, top_p))
+                            refused=refused, job_settings=job_settings)
     click.echo(job_id)
     job = service.status(job_id)
     c = job.counts
@@ -53,9 +51,8 @@ def submit(file: str, model: str, quant: str | None, max_new_tokens: int | None,
 @job_options
 @gpu_option
 @output_options
-def run(file: str, model: str, quant: str | None, max_new_tokens: int | None,
-        temperature: float | None, top_p: float | None, name: str | None, gpu: int | None,
-        output: str | None, errors_file: str | None) -> None:
+def run(file: str, model: str, quant: str | None, job_settings: JobSettings,
+        name: str | None, gpu: int | None, output: str | None, errors_file: str | None) -> None:
     """Submit FILE and serve it with an in-process worker until it is final; write the results.
 
     The one-machine path. The job is queued like any other, so a `batchq worker` of the same
@@ -69,7 +66,7 @@ def run(file: str, model: str, quant: str | None, max_new_tokens: int | None,
     service.validate_file(file, settings)  # refuse a bad file before a long model load
     runtime = load_runtime(plan, settings)
     job_id = service.submit(file, model, quant, name=name, settings=settings,
-                            job_settings=JobSettings(max_new_tokens, temperature, top_p))
+                            job_settings=job_settings)
     click.echo(f"job {job_id}", err=True)
     progress = job_progress(sys.stderr)
     serve_job(job_id, runtime, on_chunk=progress)

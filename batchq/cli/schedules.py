@@ -7,6 +7,7 @@ import click
 from batchq.cli.base import cli, generation_options, quant_option
 from batchq.config import get_settings
 from batchq.errors import ConfigError
+from batchq.service import JobSettings
 from batchq.store.views import iso
 
 
@@ -60,8 +61,8 @@ def schedule() -> None:
 @click.option("--per-document", is_flag=True, help="Also write one text file per document.")
 def schedule_add(name: str, cron: str | None, every: str | None, tz: str, source: str,
                  glob: str, template_path: str | None, prompt: str | None, model: str,
-                 quant: str | None, max_new_tokens: int | None, temperature: float | None,
-                 top_p: float | None, variables: tuple[str, ...], output: str | None,
+                 quant: str | None, job_settings: JobSettings, variables: tuple[str, ...],
+                 output: str | None,
                  overlap: str, catch_up: str, catch_up_window: str, long_mode: str,
                  per_document: bool) -> None:
     """Add schedule NAME: every --cron time (or --every interval), the new or changed
@@ -73,7 +74,7 @@ def schedule_add(name: str, cron: str | None, every: str | None, tz: str, source
         name=name, source_dir=source, model=model, cron=cron,
         every_seconds=_duration(every, "--every"), tz=tz, glob=glob,
         template_path=template_path, prompt=prompt, quant=quant, output_dir=output,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        generation=job_settings,
         variables=_variables(variables), overlap=overlap, catch_up=catch_up,
         catch_up_window_seconds=_duration(catch_up_window, "--catch-up-window") or 0,
         long=long_mode, per_document=per_document), settings)

@@ -21,7 +21,14 @@ from batchq.engine.planning import BatchBudget
 from batchq.engine.runner import ModelRunner
 from batchq.engine.strategies import BY_NAME, STRATEGIES, Strategy
 from batchq.engine.strategies.static import StaticBatches
-from batchq.engine.types import BatchOutput, GenerationSettings, OnBatch, PromptIn, WorkItem
+from batchq.engine.types import (
+    MODEL_SAMPLING_KEYS,
+    BatchOutput,
+    GenerationSettings,
+    OnBatch,
+    PromptIn,
+    WorkItem,
+)
 from batchq.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -106,6 +113,15 @@ class Engine:
 
     def encode(self, prompt: PromptIn) -> list[int]:
         return self.codec.encode(prompt)
+
+    def recommended_sampling(self) -> dict[str, Any]:
+        """The sampling settings the model ships in its generation_config (`--sampling
+        model`). A config that does not sample recommends greedy decoding."""
+        config = self.model.generation_config
+        if not getattr(config, "do_sample", False):
+            return {"temperature": 0.0}
+        values = {key: getattr(config, key, None) for key in MODEL_SAMPLING_KEYS}
+        return {key: value for key, value in values.items() if value is not None}
 
     # ------------------------------------------------------------ generating
 

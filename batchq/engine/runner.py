@@ -11,6 +11,25 @@ from batchq.engine.planning import BatchBudget
 from batchq.engine.types import BatchOutput, BatchStats, GenerationSettings, WorkItem
 
 
+class _OutputPenalties:
+    """OpenAI's presence and frequency penalties: a token's logit drops by presence_penalty
+    once it is in this row's output, and by frequency_penalty for each time it is. The prompt
+    does not count (OpenAI's and vLLM's meaning; repetition_penalty is the one that does)."""
+
+    def __init__(self, start: int, presence: float, frequency: float):
+        self.start, self.presence, self.frequency = start, presence, frequency
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        output = input_ids[:, self.start:]
+        if output.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, output, torch.ones_like(output, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
 class _RowLimits:
     """Stopping criterion: each row of a padded batch stops at its own output limit."""
 
@@ -35,14 +54,20 @@ class ModelRunner:
     def generation_config(self, settings: GenerationSettings, max_new_tokens: int) -> Any:
         from transformers import GenerationConfig
 
-        # A fresh config: the job's settings alone decide sampling, not the model's defaults.
+        # Every sampling field is set, to its neutral value if the job's settings leave it:
+        # `generate` fills each field left None from the model's own generation_config, and a
+        # Qwen release ships do_sample, temperature, top_k, top_p and repetition_penalty=1.05
+        # there. The job's settings alone decide (`--sampling model` asks for the model's).
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=not settings.greedy,
-            eos_token_id=self.codec.stop_ids, pad_token_id=self.codec.pad_id)
-        if not settings.greedy:
-            config.temperature = settings.temperature
-            config.top_p = settings.top_p
-            config.top_k = 0
+            eos_token_id=self.codec.stop_ids, pad_token_id=self.codec.pad_id,
+            repetition_penalty=settings.repetition_penalty, no_repeat_ngram_size=0)
+        if settings.greedy:  # HF's own neutral values: greedy decoding ignores them
+            config.update(temperature=1.0, top_p=1.0, top_k=50)
+        else:
+            config.update(temperature=settings.temperature, top_p=settings.top_p,
+                          top_k=settings.top_k, min_p=settings.min_p, typical_p=1.0,
+                          epsilon_cutoff=0.0, eta_cutoff=0.0)
         if settings.stop:
             config.stop_strings = list(settings.stop)
         return config
@@ -51,7 +76,7 @@ class ModelRunner:
         """One `generate` call over left-padded rows that share sampling settings. With
         per_row_limits, each row stops at its own output limit, not the batch's largest."""
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         width = max(len(item.ids) for item in items)
         input_ids = torch.full((len(items), width), self.codec.pad_id, dtype=torch.long)
@@ -64,6 +89,9 @@ class ModelRunner:
         extra: dict[str, Any] = {}
         if settings.stop:
             extra["tokenizer"] = self.codec.tokenizer
+        if settings.presence_penalty or settings.frequency_penalty:
+            extra["logits_processor"] = LogitsProcessorList([_OutputPenalties(
+                width, settings.presence_penalty, settings.frequency_penalty)])
         if per_row_limits and min(limits) != max(limits):
             row_limits = torch.tensor(limits, device=self.model.device)
             extra["stopping_criteria"] = StoppingCriteriaList([_RowLimits(width, row_limits)])

@@ -13,6 +13,11 @@ DEFAULT_MAX_NEW_TOKENS = 256
 OnBatch = Callable[[list[Any]], None]
 
 
+# What `--sampling model` takes from a model's generation_config (Qwen ships its recommended
+# values there), under the job's and the line's own settings.
+MODEL_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -20,10 +25,20 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off (Hugging Face's: prompt and output tokens)
+    presence_penalty: float = 0.0  # OpenAI's two: output tokens only
+    frequency_penalty: float = 0.0
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0)
 
     @property
     def sampling(self) -> GenerationSettings:
@@ -31,9 +46,12 @@ class GenerationSettings:
         return replace(self, max_new_tokens=0)
 
     @classmethod
-    def merged(cls, job: Mapping[str, Any], line: Mapping[str, Any]) -> GenerationSettings:
-        """A line's own settings override the job's, which override the defaults."""
-        values = {**{k: v for k, v in job.items() if v is not None}, **line}
+    def merged(cls, job: Mapping[str, Any], line: Mapping[str, Any],
+               model: Mapping[str, Any] | None = None) -> GenerationSettings:
+        """A line's own settings override the job's, which override the model's (with
+        `--sampling model`), which override the defaults."""
+        values = {**{k: v for k, v in (model or {}).items() if v is not None},
+                  **{k: v for k, v in job.items() if v is not None}, **line}
         if "stop" in values:
             values["stop"] = tuple(values["stop"])
         known = {f.name for f in fields(cls)}

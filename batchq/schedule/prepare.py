@@ -20,9 +20,8 @@ from batchq import service
 from batchq.config import Settings
 from batchq.engine.types import DEFAULT_MAX_NEW_TOKENS
 from batchq.schedule.documents import Unreadable, paragraphs, scan, text_of
-from batchq.schedule.registry import template_of
+from batchq.schedule.registry import generation_of, template_of
 from batchq.schedule.templates import PromptTemplate
-from batchq.service import JobSettings
 from batchq.store import schedules as rows
 from batchq.store.schedules import DocumentRow, RunView, ScheduleView
 from batchq.variants import resolve
@@ -70,8 +69,8 @@ def fingerprint(schedule: ScheduleView, template: PromptTemplate) -> str:
     """What a document's result depends on besides its text: a change runs everything again."""
     keyed = {"template": template.source, "variables": template.variables,
              "model": schedule.model, "quant": schedule.quant,
-             "settings": {k: schedule.options.get(k) for k in
-                          ("max_new_tokens", "temperature", "top_p", "long")}}
+             "settings": {"generation": schedule.options.get("generation", {}),
+                          "long": schedule.options.get("long")}}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
 
@@ -108,7 +107,7 @@ def prepare(settings: Settings, schedule: ScheduleView, run: RunView,
         raise Unreadable(f"the source folder {folder} is gone")
     variant = resolve(schedule.model, schedule.quant, settings.model_aliases)
     sizer = sizers(variant.model)
-    limit = int(schedule.options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+    limit = int(generation_of(schedule).max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
     overhead = sizer.prompt_tokens(template.render(document="", filename="", path="", part=1,
                                                    parts=1))
     budget = (sizer.context or 10**9) - limit - overhead - SAFETY_TOKENS
@@ -151,11 +150,9 @@ def prepare(settings: Settings, schedule: ScheduleView, run: RunView,
 def submit(settings: Settings, schedule: ScheduleView, run: RunView,
            lines: list[dict[str, Any]], name: str) -> str:
     """The lines as an ordinary batchq job (status, results, retry, report all work on it)."""
-    o = schedule.options
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8") as f:
         f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
         f.flush()
         return service.submit(f.name, schedule.model, schedule.quant, name=name,
                               settings=settings,
-                              job_settings=JobSettings(o.get("max_new_tokens"),
-                                                       o.get("temperature"), o.get("top_p")))
+                              job_settings=generation_of(schedule))

@@ -16,6 +16,7 @@ from batchq.errors import ConfigError, NotFound
 from batchq.schedule.planning import Policy
 from batchq.schedule.templates import PromptTemplate
 from batchq.schedule.timing import Timing
+from batchq.service import JobSettings
 from batchq.store import schedules as rows
 from batchq.store.database import utcnow
 from batchq.store.schedules import RunView, ScheduleView
@@ -38,15 +39,18 @@ class NewSchedule:
     prompt: str | None = None
     quant: str | None = None
     output_dir: str | None = None
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    generation: JobSettings = JobSettings()
     variables: tuple[tuple[str, str], ...] = ()
     overlap: str = "skip"
     catch_up: str = "latest"
     catch_up_window_seconds: int = 6 * 3600
     long: str = "split"
     per_document: bool = False
+
+
+def generation_of(schedule: ScheduleView) -> JobSettings:
+    """The job-level generation settings each run's job is submitted with."""
+    return JobSettings(**schedule.options.get("generation", {}))
 
 
 def timing_of(schedule: ScheduleView) -> Timing:
@@ -85,8 +89,8 @@ def add(new: NewSchedule, settings: Settings) -> ScheduleView:
     Policy(new.overlap, new.catch_up, new.catch_up_window_seconds)
     resolve(new.model, new.quant, settings.model_aliases)  # an unknown model is refused now
     options: dict[str, Any] = {
-        "max_new_tokens": new.max_new_tokens, "temperature": new.temperature,
-        "top_p": new.top_p, "variables": dict(new.variables), "long": new.long,
+        "generation": new.generation.to_dict(), "variables": dict(new.variables),
+        "long": new.long,
         "per_document": new.per_document}
     view = ScheduleView(
         id=secrets.token_hex(16), name=new.name, cron=timing.cron,

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from batchq.config import Settings
 from batchq.engine.types import DEFAULT_MAX_NEW_TOKENS
 from batchq.errors import InvalidRequest, NotFound, NotNow, OverQuota
-from batchq.formats import OPENAI_URLS, LineError, Request
+from batchq.formats import OPENAI_URLS, LineError, Request, openai_kind
 from batchq.service import files, lifecycle
 from batchq.service.intake import check_all, open_input
 from batchq.service.submit import store_checked
@@ -85,7 +85,7 @@ class OneEndpointOneModel:
 
     def __init__(self, endpoint: str, settings: Settings):
         self.endpoint = endpoint
-        self.kind = OPENAI_URLS[endpoint]
+        self.kind = openai_kind(endpoint)
         self.settings = settings
         self.model: str | None = None
         self.variant: Variant | None = None
@@ -120,7 +120,7 @@ def create(settings: Settings, tenant: Tenant, input_file_id: str, endpoint: str
         earlier = tenancy.batch_by_idempotency_key(settings, tenant.name, idempotency_key)
         if earlier is not None:
             return view(settings, tenant, earlier.id)
-    if endpoint not in OPENAI_URLS:
+    if openai_kind(endpoint) is None:
         raise InvalidRequest(f"endpoint {endpoint!r} is not supported; use "
                              f"{' or '.join(OPENAI_URLS)}", "endpoint")
     window = window_seconds(completion_window)

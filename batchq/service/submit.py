@@ -33,6 +33,14 @@ class JobSettings:
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # "model": start from the model's own generation_config (Qwen's recommended values);
+    # None or "greedy": batchq's reproducible default.
+    sampling: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -75,8 +75,10 @@ def _save(model, directory: Path) -> Path:
     """Weights, Qwen2.5-Instruct's generation defaults and the tokenizer, as a release has them."""
     from transformers import GenerationConfig
 
+    # Qwen2.5-Instruct's generation_config.json: its recommended sampling (`--sampling model`).
     model.generation_config = GenerationConfig(
-        eos_token_id=[151645, 151643], pad_token_id=151643, bos_token_id=151643)
+        eos_token_id=[151645, 151643], pad_token_id=151643, bos_token_id=151643,
+        do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
     model.save_pretrained(directory)
     qwen_tokenizer().save_pretrained(directory)
     return directory

@@ -35,9 +35,10 @@ def _gave_up(attempts: int, last_error: str | None) -> str:
     return f"gave up after {attempts} attempts: {why}"
 
 
-def _prompt(job_settings: dict[str, Any], line: ClaimedLine) -> PromptIn:
+def _prompt(job_settings: dict[str, Any], line: ClaimedLine,
+            model_sampling: dict[str, Any] | None) -> PromptIn:
     request = Request.from_row(line.custom_id, line.kind, line.request)
-    settings = GenerationSettings.merged(job_settings, request.params)
+    settings = GenerationSettings.merged(job_settings, request.params, model_sampling)
     return PromptIn(line.id, request.messages, request.text, settings)
 
 
@@ -51,7 +52,11 @@ class ChunkRun:
         self.runtime = runtime
         self.store = runtime.store
         self.lease = lease
-        self.prompts = {line.id: _prompt(claim.job_settings, line) for line in claim.lines}
+        # `--sampling model`: the model's recommended settings under the job's and the lines'.
+        model_sampling = (runtime.engine.recommended_sampling()
+                          if claim.job_settings.get("sampling") == "model" else None)
+        self.prompts = {line.id: _prompt(claim.job_settings, line, model_sampling)
+                        for line in claim.lines}
         self.attempts = {line.id: line.attempts for line in claim.lines}
         self.errors = {line.id: line.error for line in claim.lines}
         self.in_flight: list[int] = []

@@ -29,7 +29,8 @@ class ContinuousBatches(Strategy):
     name = "continuous"
 
     def serves(self, sampling: GenerationSettings) -> bool:
-        return sampling.greedy and not sampling.stop
+        # Its manager takes no logits processor: penalties run as static batches.
+        return sampling.greedy and not sampling.stop and not sampling.penalised
 
     def run(self, items: list[WorkItem], started: OnBatch) -> Iterator[BatchOutput]:
         """Paged KV cache sized to the same token budget as a static batch, and the same row
