@@ -41,7 +41,7 @@ MAX_TOKEN_KEYS = ("max_new_tokens", "max_tokens", "max_completion_tokens")
 # Qwen's recommended settings use these beyond OpenAI's temperature and top_p.
 SAMPLING_KEYS = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 PARAM_KEYS = (*MAX_TOKEN_KEYS, "temperature", "top_p", "seed", "stop", *SAMPLING_KEYS)
-PLAIN_KEYS = {"prompt", "messages", "custom_id", *PARAM_KEYS}
+PLAIN_KEYS = {"prompt", "messages", "custom_id", "enable_thinking", *PARAM_KEYS}
 OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
 # Body fields honoured only at the value that changes nothing (any other value is refused by
 # name): one choice, no streaming, no log probabilities, plain text out.
@@ -132,10 +132,12 @@ def _parse_plain(obj: dict[str, Any], line_no: int) -> Request:
     if unknown:
         raise LineError(
             f"unknown field {unknown[0]!r} (allowed: prompt or messages, custom_id, "
-            + ", ".join(PARAM_KEYS) + ")"
+            + ", ".join(PARAM_KEYS) + ", enable_thinking)"
         )
     custom_id = _custom_id(obj, line_no)
     params = _params(obj, "")
+    if obj.get("enable_thinking") is not None:
+        params["thinking"] = _bool(obj["enable_thinking"], "enable_thinking")
     if "prompt" in obj and "messages" in obj:
         raise LineError("give either 'prompt' or 'messages', not both")
     if "prompt" in obj:
@@ -171,6 +173,8 @@ def _parse_openai(obj: dict[str, Any], line_no: int) -> Request:
         raise LineError(f"field 'body.{text}' is missing", param=f"body.{text}")
     _refuse_unhonoured(body, text)
     params = _params(body, "body.")
+    if body.get("chat_template_kwargs") is not None:
+        params.update(_template_kwargs(body["chat_template_kwargs"]))
     model = _nonempty_str(body["model"], "body.model") if "model" in body else None
     if kind is LineKind.OPENAI_CHAT:
         return Request(custom_id, kind, _messages(body["messages"], "body.messages"), None,
@@ -189,9 +193,33 @@ def _refuse_unhonoured(body: dict[str, Any], text: str) -> None:
                 raise LineError(f"field '{where}': {shown} is not supported (batchq gives one "
                                 "plain-text answer per line, not streamed, without logprobs)",
                                 param=where)
-        elif key not in OPENAI_BODY_KEYS and key != text:
+        elif key not in OPENAI_BODY_KEYS and key != text and not (
+                key == "chat_template_kwargs" and text == "messages"):
+            extra = ", chat_template_kwargs" if text == "messages" else ""
             raise LineError(f"field '{where}' is not supported; batchq honours {text}, model, "
-                            + ", ".join(PARAM_KEYS) + ", user", param=where)
+                            + ", ".join(PARAM_KEYS) + f", user{extra}", param=where)
+
+
+def _template_kwargs(value: Any) -> dict[str, Any]:
+    """`chat_template_kwargs`, as OpenAI-compatible servers for Qwen3 take it: only
+    enable_thinking means something to batchq; anything else is refused by name."""
+    where = "body.chat_template_kwargs"
+    if not isinstance(value, dict):
+        raise LineError(f"field '{where}': expected an object, got {_type_name(value)}",
+                        param=where)
+    for key in value:
+        if key != "enable_thinking":
+            raise LineError(f"field '{where}.{key}' is not supported (only enable_thinking)",
+                            param=f"{where}.{key}")
+    thinking = value.get("enable_thinking")
+    return {} if thinking is None else {"thinking": _bool(thinking, where + ".enable_thinking")}
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise LineError(f"field '{where}': expected true or false, got {_type_name(value)}",
+                        param=where)
+    return value
 
 
 def _custom_id(obj: dict[str, Any], line_no: int) -> str:
@@ -320,6 +348,8 @@ class LineResult:
     error: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    reasoning: str | None = None  # a thinking model's, apart from the answer in `output`
+    reasoning_tokens: int | None = None
 
     def __post_init__(self) -> None:
         # Rows read through the store are typed already; plain strings are accepted too.
@@ -327,11 +357,15 @@ class LineResult:
         object.__setattr__(self, "status", LineStatus(self.status))
 
     @property
-    def usage(self) -> dict[str, int] | None:
+    def usage(self) -> dict[str, Any] | None:
         if self.prompt_tokens is None or self.completion_tokens is None:
             return None
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens}
+        if self.reasoning is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens or 0}
+        return usage
 
 
 def render_result(result: LineResult, job_id: str, model: str, created: int) -> dict[str, Any]:
@@ -340,8 +374,11 @@ def render_result(result: LineResult, job_id: str, model: str, created: int) -> 
     error = None
     if result.status in UNANSWERED:
         error = {"code": _error_code(result), "message": result.error or result.status}
-    return {"custom_id": result.custom_id, "status": result.status.value, "output": result.output,
+    line = {"custom_id": result.custom_id, "status": result.status.value, "output": result.output,
             "finish_reason": result.finish_reason, "usage": result.usage, "error": error}
+    if result.reasoning is not None:
+        line["reasoning"] = result.reasoning
+    return line
 
 
 def _render_openai(result: LineResult, job_id: str, model: str, created: int) -> dict[str, Any]:
@@ -351,8 +388,12 @@ def _render_openai(result: LineResult, job_id: str, model: str, created: int) ->
                             "response": None, "error": None}
     if result.status is LineStatus.SUCCEEDED:
         if result.kind is LineKind.OPENAI_CHAT:
-            choice = {"index": 0, "message": {"role": "assistant", "content": result.output},
-                      "logprobs": None, "finish_reason": result.finish_reason}
+            message = {"role": "assistant", "content": result.output}
+            if result.reasoning is not None:
+                # Where the OpenAI-compatible servers Qwen documents put it (vLLM, SGLang).
+                message["reasoning_content"] = result.reasoning
+            choice = {"index": 0, "message": message, "logprobs": None,
+                      "finish_reason": result.finish_reason}
             body: dict[str, Any] = {"id": f"chatcmpl-{req}", "object": "chat.completion"}
         else:
             choice = {"index": 0, "text": result.output, "logprobs": None,

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,30 +78,43 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, request) -> Path:
-    """Built once per run: with xdist, the test processes share one copy (a file lock keeps
-    the others waiting while the first builds it).
+def _built_once(request, tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A model built once per run: with xdist, the test processes share one copy (a file lock
+    keeps the others waiting while the first builds it).
 
     Its config carries this run's id, so its queue name (which digests the config) is this
     run's own: a worker left over from an earlier run on the same Redis database can never
     take this run's messages."""
     from filelock import FileLock
 
-    from batchq.tools.tiny import make_tiny_model
-
     root = tmp_path_factory.getbasetemp()
     run_id = getattr(request.config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
     if _XDIST:
         root = root.parent  # the run's directory, above each process's own
-    path, done = root / "tiny-qwen2", root / "tiny-qwen2.built"
-    with FileLock(str(root / "tiny-qwen2.lock")):
+    path, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
         if not done.exists():
-            make_tiny_model(path)
+            build(path)
             config = json.loads((path / "config.json").read_text())
             (path / "config.json").write_text(json.dumps({**config, "batchq_test_run": run_id}))
             done.touch()
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, request) -> Path:
+    """A tiny random-weight Qwen2 with the real Qwen2.5 tokenizer."""
+    from batchq.tools.tiny import make_tiny_model
+
+    return _built_once(request, tmp_path_factory, "tiny-qwen2", make_tiny_model)
+
+
+@pytest.fixture(scope="session")
+def thinking_model(tmp_path_factory, request) -> Path:
+    """A tiny Qwen3 whose greedy decoding thinks, then answers 'Three.' (tools/tiny.py)."""
+    from batchq.tools.tiny import make_thinking_model
+
+    return _built_once(request, tmp_path_factory, "tiny-qwen3", make_thinking_model)
 
 
 @pytest.fixture(scope="session")

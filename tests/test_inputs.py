@@ -57,6 +57,14 @@ def test_qwens_sampling_settings_and_openais_neutral_fields_are_honoured():
         "openai-completion")
 
 
+def test_thinking_is_switched_per_line_in_both_spellings():
+    assert parse({"prompt": "x", "enable_thinking": False}).params == {"thinking": False}
+    chat = parse({"custom_id": "a", "url": "/v1/chat/completions", "body": {
+        "messages": [{"role": "user", "content": "x"}],
+        "chat_template_kwargs": {"enable_thinking": True}}})
+    assert chat.params == {"thinking": True}
+
+
 def test_request_survives_storage_roundtrip():
     from batchq.formats import Request
 
@@ -91,6 +99,9 @@ def test_request_survives_storage_roundtrip():
     (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x"}, "extra": 1}', "unknown field 'extra'"),
     (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "logprobs": 2}}', "field 'body.logprobs': 2 is not supported"),
     (b'{"prompt": "x", "top_k": 2.5}', "field 'top_k': expected an integer"),
+    (b'{"prompt": "x", "enable_thinking": "no"}', "field 'enable_thinking': expected true or false"),
+    (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"tools": 1}}}', "field 'body.chat_template_kwargs.tools' is not supported (only enable_thinking)"),
+    (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "chat_template_kwargs": {"enable_thinking": false}}}', "field 'body.chat_template_kwargs' is not supported; batchq honours prompt"),
     (b'{"prompt": "x", "top_k": -2}', "field 'top_k': -2 is outside -1..1000000"),
     (b'{"prompt": "x", "min_p": 1.5}', "field 'min_p': 1.5 is outside 0.0..1.0"),
     (b'{"prompt": "x", "repetition_penalty": 0}', "'repetition_penalty' must be greater than 0"),

@@ -30,6 +30,8 @@ class Out:  # what the engine hands back for a line (batchq.engine.Completion's 
     prompt_tokens: int = 3
     completion_tokens: int = 2
     error: str | None = None
+    reasoning: str | None = None
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -47,11 +47,14 @@ def db_upgrade() -> None:
 
 @cli.command("make-tiny-model")
 @click.argument("directory", type=click.Path(file_okay=False))
-def make_tiny_model(directory: str) -> None:
-    """Write a tiny random-weight Qwen2 model with the real Qwen2.5 tokenizer (offline)."""
-    from batchq.tools.tiny import make_tiny_model as make
+@click.option("--arch", type=click.Choice(["qwen2", "qwen3"]), default="qwen2", show_default=True,
+              help="qwen2: random weights. qwen3: a scripted thinking model that reasons "
+                   "(<think>...</think>) then answers 'Three.', greedy.")
+def make_tiny_model(directory: str, arch: str) -> None:
+    """Write a tiny Qwen model with the real Qwen tokenizer, fully offline."""
+    from batchq.tools.tiny import make_thinking_model, make_tiny_model
 
-    path = make(directory)
+    path = (make_thinking_model if arch == "qwen3" else make_tiny_model)(directory)
     click.echo(str(Path(path).resolve()))
 
 

@@ -120,6 +120,9 @@ _GENERATION = (
                  help="model: start from the model's generation_config (what Qwen recommends); "
                       "the options above and each line's own settings override it. "
                       "Default: greedy, for reproducible results."),
+    click.option("--thinking", type=click.Choice(["on", "off"]), default=None,
+                 help="A thinking model's (Qwen3) reasoning before its answer, for lines that "
+                      "do not set enable_thinking. Default: the model's chat template's."),
 )
 
 
@@ -133,7 +136,9 @@ def generation_options(f: Any) -> Any:
     @functools.wraps(f)
     def command(*args: Any, **kwargs: Any) -> Any:
         given = {name: kwargs.pop(name) for name in names}
-        return f(*args, job_settings=JobSettings(**given), **kwargs)
+        thinking = kwargs.pop("thinking")
+        return f(*args, job_settings=JobSettings(
+            **given, thinking=None if thinking is None else thinking == "on"), **kwargs)
 
     for option in reversed(_GENERATION):
         command = option(command)

@@ -1,8 +1,8 @@
 """Between text and tokens: prompts through the chat template, generated ids back to text.
 
 The one place that knows how a model's output is read: where it ends (its end tokens, or a
-stop string), what the finish reason is and how many tokens count. Qwen3's thinking block
-belongs here too.
+stop string), what the finish reason is, how many tokens count, and, for a thinking model
+(Qwen3), which tokens are its reasoning (`<think>...</think>`) and which its answer.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ class PromptCodec:
         self.ignore_eos = ignore_eos
         pad = tokenizer.pad_token_id
         self.pad_id: int = pad if pad is not None else self.eos_ids[0]
+        added = tokenizer.get_added_vocab()
+        # A thinking model's tokenizer has both; other models' outputs have no reasoning.
+        self.think_ids: tuple[int, int] | None = (
+            (added["<think>"], added["</think>"]) if "<think>" in added and "</think>" in added
+            else None)
 
     @property
     def stop_ids(self) -> list[int]:
@@ -49,8 +54,10 @@ class PromptCodec:
             # A raw completion prompt keeps its literal control tokens: that is what raw means.
             return self._tokens(prompt.text or "")
         messages, literals = self._shielded(prompt.messages)
+        switch = ({} if prompt.settings.thinking is None
+                  else {"enable_thinking": prompt.settings.thinking})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=True)
+                                                  add_generation_prompt=True, **switch)
         if not literals:
             return self._tokens(text)
         # The template's own control tokens are parsed; a shielded string is only text.
@@ -101,17 +108,55 @@ class PromptCodec:
         return [token.id for piece, _ in pieces for token in backend.model.tokenize(piece)]
 
     def decode(self, item: WorkItem, row: Sequence[int]) -> Completion:
-        """One row of generated ids as a completion, cut at the first end token or stop string."""
+        """One row of generated ids as a completion, cut at the first end token or stop string,
+        its reasoning (if the model thought) apart from its answer."""
         row = list(row[:item.limit])  # a padded batch may run past this row's own limit
         end = None if self.ignore_eos else next(
             (i for i, tok in enumerate(row) if tok in self.eos_ids), None)
         tokens = row if end is None else row[:end]
-        text: str = self.tokenizer.decode(tokens, skip_special_tokens=True)
         finish = "length" if end is None else "stop"
         counted = len(tokens) + (0 if end is None else 1)  # the stop token was generated too
+        thought, answer = self.split_reasoning(item.ids, tokens)
+        reasoning = None if thought is None else self._text(thought).strip()
+        text = self._text(answer)
+        if thought is not None:
+            text = text.lstrip("\n")  # the template's "</think>\n\n" is not the answer's
         cuts = [cut for cut in (text.find(stop) for stop in item.prompt.settings.stop)
                 if cut != -1]
         if cuts:
             # OpenAI semantics: the earliest stop string ends the output and is not part of it.
+            # Stop strings apply to the answer only, never to the reasoning.
             text, finish, counted = text[:min(cuts)], "stop", len(tokens)
-        return Completion(item.prompt.key, text, finish, len(item.ids), counted)
+        return Completion(item.prompt.key, text, finish, len(item.ids), counted,
+                          reasoning=reasoning,
+                          reasoning_tokens=0 if thought is None else len(tokens) - len(answer))
+
+    def split_reasoning(self, prompt: Sequence[int], output: Sequence[int]
+                        ) -> tuple[list[int] | None, list[int]]:
+        """(reasoning ids or None, answer ids). The block opens with the output's first token,
+        or in the prompt (Qwen3 Thinking-2507 templates end it with `<think>`); an output that
+        ends before `</think>` was cut off while thinking: all reasoning, no answer."""
+        if self.think_ids is None:
+            return None, list(output)
+        open_id, close_id = self.think_ids
+        opened_in_prompt = open_id in prompt and (
+            close_id not in prompt or _last(prompt, open_id) > _last(prompt, close_id))
+        if not (opened_in_prompt or (output and output[0] == open_id)):
+            return None, list(output)
+        body = list(output[1:] if output and output[0] == open_id else output)
+        if close_id not in body:
+            return body, []
+        close = body.index(close_id)
+        return body[:close], body[close + 1:]
+
+    def answer_tail(self, prompt: Sequence[int], output: Sequence[int], tokens: int) -> str:
+        """The last `tokens` tokens of the answer so far, as text ('' while thinking)."""
+        _, answer = self.split_reasoning(prompt, output)
+        return self._text(answer[-tokens:])
+
+    def _text(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+def _last(ids: Sequence[int], token: int) -> int:
+    return len(ids) - 1 - list(reversed(ids)).index(token)

@@ -30,6 +30,25 @@ class _OutputPenalties:
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
+class _AnswerStops:
+    """Stop strings for a thinking model: a row stops once its answer (never its reasoning)
+    holds one. Only the answer's tail is decoded at each step: a stop string completed by
+    the newest token lies within its last len(bytes) tokens."""
+
+    def __init__(self, start: int, items: list[WorkItem], codec: PromptCodec):
+        self.start, self.items, self.codec = start, items, codec
+        self.stops = items[0].prompt.settings.stop
+        self.tail = max(len(stop.encode()) for stop in self.stops) + 2
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = [any(stop in self.codec.answer_tail(item.ids, row[self.start:], self.tail)
+                    for stop in self.stops)
+                for item, row in zip(self.items, input_ids.tolist(), strict=True)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 class _RowLimits:
     """Stopping criterion: each row of a padded batch stops at its own output limit."""
 
@@ -68,8 +87,8 @@ class ModelRunner:
             config.update(temperature=settings.temperature, top_p=settings.top_p,
                           top_k=settings.top_k, min_p=settings.min_p, typical_p=1.0,
                           epsilon_cutoff=0.0, eta_cutoff=0.0)
-        if settings.stop:
-            config.stop_strings = list(settings.stop)
+        if settings.stop and self.codec.think_ids is None:
+            config.stop_strings = list(settings.stop)  # a thinking model's: _AnswerStops
         return config
 
     def run_padded(self, items: list[WorkItem], per_row_limits: bool) -> BatchOutput:
@@ -87,14 +106,19 @@ class ModelRunner:
         settings = items[0].prompt.settings
         limits = [item.limit for item in items]
         extra: dict[str, Any] = {}
-        if settings.stop:
+        criteria = StoppingCriteriaList()
+        if settings.stop and self.codec.think_ids is None:
             extra["tokenizer"] = self.codec.tokenizer
+        elif settings.stop:
+            criteria.append(_AnswerStops(width, items, self.codec))
         if settings.presence_penalty or settings.frequency_penalty:
             extra["logits_processor"] = LogitsProcessorList([_OutputPenalties(
                 width, settings.presence_penalty, settings.frequency_penalty)])
         if per_row_limits and min(limits) != max(limits):
             row_limits = torch.tensor(limits, device=self.model.device)
-            extra["stopping_criteria"] = StoppingCriteriaList([_RowLimits(width, row_limits)])
+            criteria.append(_RowLimits(width, row_limits))
+        if criteria:
+            extra["stopping_criteria"] = criteria
         clock = self.device.start()
         if settings.seed is not None:
             torch.manual_seed(settings.seed)

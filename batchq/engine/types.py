@@ -30,6 +30,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.0  # 1: off (Hugging Face's: prompt and output tokens)
     presence_penalty: float = 0.0  # OpenAI's two: output tokens only
     frequency_penalty: float = 0.0
+    thinking: bool | None = None  # the chat template's enable_thinking; None: its default
 
     @property
     def greedy(self) -> bool:
@@ -42,8 +43,9 @@ class GenerationSettings:
 
     @property
     def sampling(self) -> GenerationSettings:
-        """Everything but the output limit: prompts that agree on it may share a batch."""
-        return replace(self, max_new_tokens=0)
+        """Everything but the output limit and thinking (which change only a prompt and how
+        its output is read): prompts that agree on it may share a batch."""
+        return replace(self, max_new_tokens=0, thinking=None)
 
     @classmethod
     def merged(cls, job: Mapping[str, Any], line: Mapping[str, Any],
@@ -73,8 +75,11 @@ class Completion:
     text: str | None
     finish_reason: str | None  # "stop" | "length"; None when error is set
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # the reasoning's tokens included, as OpenAI counts them
     error: str | None = None
+    # A thinking model's reasoning, apart from the answer in `text`; None when it had none.
+    reasoning: str | None = None
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -147,9 +147,12 @@ def _result(doc: DocumentRow, results: dict[str, LineResult],
     if row is None:
         return {**base, "status": "failed", "output": None,
                 "error": "its line has no result (the job was cancelled?)"}
-    return {**base, "custom_id": row.custom_id, "status": row.status.value,
+    line = {**base, "custom_id": row.custom_id, "status": row.status.value,
             "output": row.output, "finish_reason": row.finish_reason, "usage": row.usage,
             "error": row.error}
+    if row.reasoning is not None:
+        line["reasoning"] = row.reasoning
+    return line
 
 
 def _whole(custom_id: str) -> str:

@@ -41,6 +41,8 @@ class JobSettings:
     # "model": start from the model's own generation_config (Qwen's recommended values);
     # None or "greedy": batchq's reproducible default.
     sampling: str | None = None
+    # The chat template's enable_thinking (Qwen3); None: the template's own default.
+    thinking: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -120,7 +120,10 @@ class Line(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(SafeText)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
-    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)  # reasoning included
+    # A thinking model's reasoning, apart from the answer in `output` (None: it had none).
+    reasoning: Mapped[str | None] = mapped_column(SafeText)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
     # GPU batches that started this line since it was submitted or retried. A pending line with
     # attempts was in a batch that never ended (crash, kill, error): it runs alone next time,
     # and fails once it reaches BATCHQ_MAX_ATTEMPTS.

@@ -94,7 +94,7 @@ def line_results(settings: Settings, job_id: str) -> Iterator[LineResult]:
     with session_scope(settings) as session:
         query = (select(Line.line_no, Line.custom_id, Line.kind, Line.status, Line.output,
                         Line.finish_reason, Line.error, Line.prompt_tokens,
-                        Line.completion_tokens)
+                        Line.completion_tokens, Line.reasoning, Line.reasoning_tokens)
                  .where(Line.job_id == job_id).order_by(Line.line_no)
                  .execution_options(yield_per=1000))
         for row in session.execute(query):

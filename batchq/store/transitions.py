@@ -58,6 +58,10 @@ class Outcome(Protocol):
     def completion_tokens(self) -> int: ...
     @property
     def error(self) -> str | None: ...
+    @property
+    def reasoning(self) -> str | None: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
 
 
 class Measured(Protocol):
@@ -182,7 +186,10 @@ class Transitions:
                 if c.error is None:
                     values.update(status=LineStatus.SUCCEEDED, output=c.text, error=None,
                                   finish_reason=c.finish_reason,
-                                  completion_tokens=c.completion_tokens)
+                                  completion_tokens=c.completion_tokens,
+                                  reasoning=c.reasoning,
+                                  reasoning_tokens=None if c.reasoning is None
+                                  else c.reasoning_tokens)
                 else:
                     values.update(status=LineStatus.FAILED, error=c.error, completion_tokens=0)
                 session.execute(update(Line).where(Line.id == c.key,
@@ -300,8 +307,8 @@ class Transitions:
                 return Reset(job.id, 0, [], refused)
             lines = changed_rows(session, update(Line).where(*runnable).values(
                 status=LineStatus.PENDING, attempts=0, error=None, output=None,
-                finish_reason=None, prompt_tokens=None, completion_tokens=None, started_at=None,
-                finished_at=None))
+                finish_reason=None, prompt_tokens=None, completion_tokens=None, reasoning=None,
+                reasoning_tokens=None, started_at=None, finished_at=None))
             session.execute(update(Chunk).where(Chunk.job_id == job.id, Chunk.seq.in_(seqs))
                             .values(**_requeued(now), finished_at=None))
             job.status = JobStatus.QUEUED

@@ -8,6 +8,7 @@ path as a real model.
 
 from __future__ import annotations
 
+import itertools
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,45 @@ CHAT_TEMPLATE = (
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+
+
+# Qwen3's chat template, cut to what batchq uses: no default system prompt, earlier answers
+# without their reasoning, and the thinking switch after the generation prompt.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}{%- set content = message.content %}"
+    "{%- if '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+# The tokens Qwen3 adds after Qwen2.5's three, in id order from 151646: <think> is 151667.
+QWEN3_ADDED = (
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>",
+    "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+    "<tool_response>", "</tool_response>", "<think>", "</think>")
+# What the scripted Qwen3 says, thinking first: each token decides the next (see below).
+THINKING_SCRIPT = ("\n", "<think>", "Okay, the user wants a count", "</think>", "\n\n", "Three.",
+                   "<|im_end|>")
+
+
+def qwen3_tokenizer():
+    """Qwen3's tokenizer: Qwen2.5's BPE, Qwen3's added tokens and its thinking template."""
+    from tokenizers import AddedToken
+
+    tokenizer = qwen_tokenizer()
+    tokenizer.add_tokens([AddedToken(t, special=t.startswith("<|")) for t in QWEN3_ADDED])
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return tokenizer
 
 
 def qwen_tokenizer():
@@ -71,16 +111,58 @@ def make_tiny_model(directory: str | Path, *, hidden_size: int = 64, layers: int
     return _save(Qwen2ForCausalLM(config).eval(), directory)
 
 
-def _save(model, directory: Path) -> Path:
-    """Weights, Qwen2.5-Instruct's generation defaults and the tokenizer, as a release has them."""
+def make_thinking_model(directory: str | Path, *, context: int = 4096) -> Path:
+    """Write a tiny Qwen3 (`batchq make-tiny-model --arch qwen3`) whose greedy decoding follows
+    THINKING_SCRIPT: after the generation prompt it thinks `<think>Okay, the user wants a
+    count</think>`, then answers `Three.`; with thinking off (the template closes an empty
+    block in the prompt) it answers `Three.` at once. A real Qwen3 architecture and tokenizer,
+    so the thinking path is proved through the same code a real model takes.
+
+    How: every layer's output projections are zero, so the last hidden state is the current
+    token's embedding. Each script token gets its own embedding axis, and the output row of the
+    token that follows it reads that axis: each token names its successor."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = qwen3_tokenizer()
+    chain = [i for piece in THINKING_SCRIPT
+             for i in tokenizer(piece, add_special_tokens=False)["input_ids"]]
+    assert len(set(chain)) == len(chain), "a script token may have one successor only"
+    hidden = 32
+    config = Qwen3Config(
+        vocab_size=QWEN25_VOCAB, hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        max_position_embeddings=context, rope_theta=1e6, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645,
+        pad_token_id=151643)
+    model = Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.lm_head.weight.zero_()
+        for axis, (token, successor) in enumerate(itertools.pairwise(chain)):
+            model.model.embed_tokens.weight[token, axis] = 1.0
+            model.lm_head.weight[successor, axis] = 10.0
+    # Qwen3's generation_config.json: its recommended sampling for thinking.
+    return _save(model, directory, tokenizer, temperature=0.6, top_p=0.95, top_k=20)
+
+
+def _save(model, directory: Path, tokenizer=None, **sampling: Any) -> Path:
+    """Weights, the release's generation defaults and the tokenizer, as a release has them.
+    The default sampling is Qwen2.5-Instruct's generation_config.json (`--sampling model`)."""
     from transformers import GenerationConfig
 
-    # Qwen2.5-Instruct's generation_config.json: its recommended sampling (`--sampling model`).
+    sampling = sampling or {"temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                            "repetition_penalty": 1.05}
     model.generation_config = GenerationConfig(
         eos_token_id=[151645, 151643], pad_token_id=151643, bos_token_id=151643,
-        do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+        do_sample=True, **sampling)
     model.save_pretrained(directory)
-    qwen_tokenizer().save_pretrained(directory)
+    (tokenizer or qwen_tokenizer()).save_pretrained(directory)
     return directory
 
 
