@@ -41,7 +41,7 @@ MAX_TOKEN_KEYS = ("max_new_tokens", "max_tokens", "max_completion_tokens")
 # Qwen's recommended settings use these beyond OpenAI's temperature and top_p.
 SAMPLING_KEYS = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 PARAM_KEYS = (*MAX_TOKEN_KEYS, "temperature", "top_p", "seed", "stop", *SAMPLING_KEYS)
-PLAIN_KEYS = {"prompt", "messages", "custom_id", "enable_thinking", *PARAM_KEYS}
+PLAIN_KEYS = {"prompt", "messages", "custom_id", "model", "enable_thinking", *PARAM_KEYS}
 OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
 # Body fields honoured only at the value that changes nothing (any other value is refused by
 # name): one choice, no streaming, no log probabilities, plain text out.
@@ -76,7 +76,7 @@ class Request:
     messages: list[dict[str, str]] | None = None  # chat kinds
     text: str | None = None  # raw completion prompt (openai-completion): no chat template
     params: dict[str, Any] = field(default_factory=dict)  # only what the line set itself
-    model: str | None = None  # as the line named it (OpenAI lines' body.model)
+    model: str | None = None  # as the line named it (`model`, or OpenAI lines' body.model)
 
     def to_json(self) -> str:
         body: dict[str, Any] = {"params": self.params}
@@ -131,7 +131,7 @@ def _parse_plain(obj: dict[str, Any], line_no: int) -> Request:
     unknown = sorted(set(obj) - PLAIN_KEYS)
     if unknown:
         raise LineError(
-            f"unknown field {unknown[0]!r} (allowed: prompt or messages, custom_id, "
+            f"unknown field {unknown[0]!r} (allowed: prompt or messages, custom_id, model, "
             + ", ".join(PARAM_KEYS) + ", enable_thinking)"
         )
     custom_id = _custom_id(obj, line_no)
@@ -140,13 +140,14 @@ def _parse_plain(obj: dict[str, Any], line_no: int) -> Request:
         params["thinking"] = _bool(obj["enable_thinking"], "enable_thinking")
     if "prompt" in obj and "messages" in obj:
         raise LineError("give either 'prompt' or 'messages', not both")
+    model = _nonempty_str(obj["model"], "model") if obj.get("model") is not None else None
     if "prompt" in obj:
         prompt = _nonempty_str(obj["prompt"], "prompt")
         return Request(custom_id, LineKind.PROMPT, [{"role": "user", "content": prompt}], None,
-                       params)
+                       params, model)
     if "messages" in obj:
         return Request(custom_id, LineKind.MESSAGES, _messages(obj["messages"], "messages"),
-                       None, params)
+                       None, params, model)
     raise LineError("missing 'prompt' or 'messages' (or an OpenAI batch line with 'url' and 'body')")
 
 
@@ -350,6 +351,7 @@ class LineResult:
     completion_tokens: int | None
     reasoning: str | None = None  # a thinking model's, apart from the answer in `output`
     reasoning_tokens: int | None = None
+    model: str | None = None  # the model that ran it (its chunk's); None: it never ran
 
     def __post_init__(self) -> None:
         # Rows read through the store are typed already; plain strings are accepted too.
@@ -369,13 +371,16 @@ class LineResult:
 
 
 def render_result(result: LineResult, job_id: str, model: str, created: int) -> dict[str, Any]:
+    """One result line. `model` is the job's, for a line that never ran on one of its own."""
+    model = result.model or model
     if result.kind.openai:
         return _render_openai(result, job_id, model, created)
     error = None
     if result.status in UNANSWERED:
         error = {"code": _error_code(result), "message": result.error or result.status}
     line = {"custom_id": result.custom_id, "status": result.status.value, "output": result.output,
-            "finish_reason": result.finish_reason, "usage": result.usage, "error": error}
+            "finish_reason": result.finish_reason, "usage": result.usage, "error": error,
+            "model": model}
     if result.reasoning is not None:
         line["reasoning"] = result.reasoning
     return line

@@ -38,6 +38,12 @@ MIXED = [
 DEFAULT_MAX_NEW = 10
 
 
+def named_qwen(tiny_model) -> dict[str, str]:
+    """The model the chat-1 line names ("qwen"), as an alias of the tiny model: a line's own
+    model must resolve (BATCHQ_MODEL_ALIASES is how a file's names map to real models)."""
+    return {"BATCHQ_MODEL_ALIASES": f"qwen={tiny_model}"}
+
+
 def write_jsonl(path, rows, blank_after=None):
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     if blank_after is not None:
@@ -109,7 +115,7 @@ def test_mixed_file_through_a_worker_on_postgres_and_redis(services_env, shared_
     worker = shared_worker
     submitted = batchq("submit", str(data), "--model", str(tiny_model),
                        "--max-new-tokens", str(DEFAULT_MAX_NEW), "--name", "mixed", "--wait",
-                       env={**services_env, "BATCHQ_CHUNK_SIZE": "3"})
+                       env={**services_env, "BATCHQ_CHUNK_SIZE": "3", **named_qwen(tiny_model)})
     # One line on stdout, the id; the rest on stderr; exit 1..6 is not 0 because a line failed.
     job_id = submitted.stdout.strip()
     assert len(submitted.stdout.splitlines()) == 1 and len(job_id) == 32, submitted
@@ -236,7 +242,8 @@ def test_run_on_the_embedded_default(embedded_env, tiny_model, tmp_path):
     rows = [r for r in MIXED if r.get("custom_id") != "too-long"]
     data = write_jsonl(tmp_path / "prompts.jsonl", rows)
     res = batchq("run", str(data), "--model", str(tiny_model), "--max-new-tokens",
-                 str(DEFAULT_MAX_NEW), "-o", str(tmp_path / "out.jsonl"), env=embedded_env)
+                 str(DEFAULT_MAX_NEW), "-o", str(tmp_path / "out.jsonl"),
+                 env={**embedded_env, **named_qwen(tiny_model)})
     assert res.returncode == 0, res.stderr
     check_results((tmp_path / "out.jsonl").read_text().splitlines(), rows, ids(rows),
                   expected_alone(tiny_model, rows, ids(rows)))

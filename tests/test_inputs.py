@@ -131,7 +131,10 @@ def _result(**kw):
 def test_plain_result_shape():
     assert render_result(_result(), "job", "m", 0) == {
         "custom_id": "c", "status": "succeeded", "output": "hi", "finish_reason": "stop",
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}, "error": None}
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}, "error": None,
+        "model": "m"}
+    # A line's own model (its chunk's) wins over the job's.
+    assert render_result(_result(model="/models/big"), "job", "m", 0)["model"] == "/models/big"
     failed = render_result(_result(status="failed", output=None, error="boom", completion_tokens=None),
                            "job", "m", 0)
     assert failed["error"] == {"code": "failed", "message": "boom"} and failed["usage"] is None

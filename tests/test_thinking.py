@@ -85,7 +85,7 @@ def test_thinking_through_the_worker_in_every_result_format(services_env, thinki
         {"custom_id": "cut", "prompt": "How many sheep?", "max_tokens": 3},
         {"custom_id": "stop", "prompt": "How many sheep?", "stop": ["ee.", "user"]},
         {"custom_id": "oa-think", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "qwen3", "messages": [{"role": "user", "content": "Count."}]}},
+         "body": {"model": str(thinking_model), "messages": [{"role": "user", "content": "Count."}]}},
         {"custom_id": "oa-off", "method": "POST", "url": "/v1/chat/completions",
          "body": {"messages": [{"role": "user", "content": "Count."}],
                   "chat_template_kwargs": {"enable_thinking": False}}},

@@ -18,8 +18,10 @@ from batchq.store.models import Chunk
 from batchq.store.reads import job_view, line_results
 from batchq.store.sessions import session_scope
 from batchq.store.transitions import Transitions
+from batchq.variants import Variant
 
-QUEUE = "batchq.some-model.none"
+VARIANT = Variant("m", "none", "some-model")
+QUEUE = VARIANT.queue
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def new_job(settings: Settings, lines: int = 3, refused: int = 0,
             for n in range(1, lines + 1)]
     rows += [NewLine(lines + n, f"bad{n}", LineKind.INVALID, refused="invalid JSON")
              for n in range(1, refused + 1)]
-    return job.id, create_job(settings, job, rows)
+    return job.id, create_job(settings, job, rows, {1: VARIANT})
 
 
 def expire(settings: Settings, chunk_id: int) -> None:

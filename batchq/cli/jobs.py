@@ -22,19 +22,25 @@ from batchq.service import JobSettings
               help="Run the valid lines and record each invalid one as a failed line with its "
                    "reason, instead of refusing the whole file.")
 @click.option("--wait", is_flag=True, help="Show progress and exit 0 only if the job completed.")
+@click.option("--model-override", is_flag=True,
+              help="Run every line on --model, whatever model a line names (files written "
+                   "for another provider). Without it, a line's own model is its variant.")
 def submit(file: str, model: str, quant: str | None, job_settings: JobSettings,
-           name: str | None, skip_invalid: bool, wait: bool) -> None:
+           name: str | None, skip_invalid: bool, wait: bool, model_override: bool) -> None:
     """Validate FILE (JSONL, '-' for stdin), store it as a job and queue its chunks.
 
     Prints the job id, alone, on stdout.
     """
     refused: list[str] = []
     job_id = service.submit(file, model, quant, name=name, skip_invalid=skip_invalid,
-                            refused=refused, job_settings=job_settings)
+                            refused=refused, job_settings=job_settings,
+                            model_override=model_override)
     click.echo(job_id)
     job = service.status(job_id)
     c = job.counts
-    click.echo(f"queued {c.pending} lines in {job.chunks} chunk(s) on {job.queue}", err=True)
+    where = job.queue if len(job.variants) <= 1 else ", ".join(
+        f"{share.counts.pending} on {share.queue}" for share in job.variants)
+    click.echo(f"queued {c.pending} lines in {job.chunks} chunk(s) on {where}", err=True)
     if c.failed:
         click.echo(f"skipped {c.failed} invalid line(s), recorded as failed "
                    f"(`batchq results {job_id[:12]} --errors FILE` lists them):", err=True)
@@ -51,8 +57,11 @@ def submit(file: str, model: str, quant: str | None, job_settings: JobSettings,
 @job_options
 @gpu_option
 @output_options
+@click.option("--model-override", is_flag=True,
+              help="Run every line on --model, whatever model a line names.")
 def run(file: str, model: str, quant: str | None, job_settings: JobSettings,
-        name: str | None, gpu: int | None, output: str | None, errors_file: str | None) -> None:
+        name: str | None, gpu: int | None, output: str | None, errors_file: str | None,
+        model_override: bool) -> None:
     """Submit FILE and serve it with an in-process worker until it is final; write the results.
 
     The one-machine path. The job is queued like any other, so a `batchq worker` of the same
@@ -63,10 +72,11 @@ def run(file: str, model: str, quant: str | None, job_settings: JobSettings,
 
     settings = get_settings()
     plan = WorkerPlan.from_options(None, model=model, quant=quant, gpu=gpu)
-    service.validate_file(file, settings)  # refuse a bad file before a long model load
+    # Refuse a bad file before a long model load; `run` serves one model.
+    service.validate_file(file, settings, only=None if model_override else plan.variant)
     runtime = load_runtime(plan, settings)
     job_id = service.submit(file, model, quant, name=name, settings=settings,
-                            job_settings=job_settings)
+                            job_settings=job_settings, model_override=model_override)
     click.echo(f"job {job_id}", err=True)
     progress = job_progress(sys.stderr)
     serve_job(job_id, runtime, on_chunk=progress)

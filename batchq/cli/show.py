@@ -28,7 +28,7 @@ def print_status(job: JobView) -> None:
     lines = [
         f"job       {job.id}" + (f"  ({job.name})" if job.name else ""),
         f"status    {job.status}",
-        f"variant   {job.model} ({job.quant}) on queue {job.queue}",
+        *_variant_lines(job),
         f"lines     {c.total} total: {c.succeeded} succeeded, {c.failed} failed, "
         f"{c.cancelled} cancelled, {c.pending} pending"
         + (f", {c.expired} expired" if c.expired else ""),
@@ -42,6 +42,24 @@ def print_status(job: JobView) -> None:
         f"decode {percent(m.decode_efficiency)} of decode slots",
     ]
     click.echo("\n".join(lines))
+
+
+def _variant_lines(job: JobView) -> list[str]:
+    """The job's variant; for a job whose lines name several, each with its share, and any
+    whose lines wait for a worker of their own."""
+    live = not job.status.final
+    if len(job.variants) <= 1:
+        waiting = live and any(share.waiting_for_worker for share in job.variants)
+        return [f"variant   {job.model} ({job.quant}) on queue {job.queue}"
+                + ("  (waiting for a worker)" if waiting else "")]
+    out = [f"variants  {len(job.variants)}; lines without a model of their own run on "
+           f"{job.model} ({job.quant})"]
+    for share in job.variants:
+        c = share.counts
+        out.append(f"  {share.model} ({share.quant}) on queue {share.queue}: {c.done}/{c.total} "
+                   f"done, {c.failed} failed, {c.pending} pending"
+                   + ("  (waiting for a worker)" if live and share.waiting_for_worker else ""))
+    return out
 
 
 def print_list(jobs: list[JobView]) -> None:

@@ -22,6 +22,7 @@ from batchq.config import Settings
 from batchq.engine.planning import order_key
 from batchq.errors import InputError, NotFound
 from batchq.formats import LineError, Request, iter_raw_lines, parse_line
+from batchq.variants import Variant
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -29,6 +30,8 @@ Reopen = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
 # What every line must satisfy besides its own format (an HTTP batch's endpoint, say): it
 # raises LineError for a line that does not.
 Rule = Callable[[Request], None]
+# Which of the job's variants runs a line (an index; service.routing), or LineError.
+Route = Callable[[Request], int]
 
 
 def _too_big(name: str, size: int | str, settings: Settings) -> InputError:
@@ -86,10 +89,12 @@ class Checked:
     refused: dict[int, LineError] = field(default_factory=dict)  # line number -> why
     problems: list[str] = field(default_factory=list)  # the first few, for people
     sizes: array[int] = field(default_factory=lambda: array("q"))
+    variant_of: array[int] = field(default_factory=lambda: array("h"))  # per accepted line
+    variants: list[Variant] = field(default_factory=list)  # what variant_of indexes
 
 
 def check_all(name: str, stream: IO[bytes], settings: Settings, default_limit: int,
-              rule: Rule | None = None) -> Checked:
+              rule: Rule | None = None, route: Route | None = None) -> Checked:
     """First pass: every line checked; nothing kept but counts, id digests and size keys."""
     checked = Checked()
     seen: dict[bytes, int] = {}  # 8-byte digest of custom_id -> first line number
@@ -103,9 +108,11 @@ def check_all(name: str, stream: IO[bytes], settings: Settings, default_limit: i
                                 "duplicate_custom_id", "custom_id")
             if rule is not None:
                 rule(request)
+            variant = route(request) if route is not None else 0
             seen[digest] = line_no
             checked.accepted += 1
             checked.sizes.append(_size_key(request, default_limit))
+            checked.variant_of.append(variant)
         except LineError as exc:
             checked.refused[line_no] = exc
             if len(checked.problems) < MAX_PROBLEMS_SHOWN:
@@ -139,14 +146,22 @@ def guess_custom_id(raw: bytes, line_no: int, settings: Settings) -> str:
     return f"line-{line_no}"
 
 
-def chunk_by_size(sizes: array[int], chunk_size: int) -> array[int]:
+def chunk_by_size(sizes: array[int], chunk_size: int,
+                  variant_of: array[int] | None = None) -> array[int]:
     """Chunk seq of each accepted line (in file order): largest lines first, chunk_size a chunk.
 
     Lines of similar length and output limit share a chunk, so the worker's batches pad little;
-    the largest chunks run first, so memory trouble shows early rather than at the end.
+    the largest chunks run first, so memory trouble shows early rather than at the end. Lines
+    of different variants never share a chunk (a chunk is one variant's, on its queue).
     """
-    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -i), reverse=True)
+    groups = variant_of if variant_of is not None and len(variant_of) else array(
+        "h", bytes(2 * len(sizes)))
     chunk_of = array("i", bytes(4 * len(sizes)))
-    for position, index in enumerate(order):
-        chunk_of[index] = position // chunk_size + 1
+    first_seq = 1
+    for group in sorted(set(groups)):
+        members = [i for i in range(len(sizes)) if groups[i] == group]
+        order = sorted(members, key=lambda i: (sizes[i], -i), reverse=True)
+        for position, index in enumerate(order):
+            chunk_of[index] = first_seq + position // chunk_size
+        first_seq += -(-len(order) // chunk_size)
     return chunk_of

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from batchq.config import Settings, get_settings
 from batchq.engine.types import DEFAULT_MAX_NEW_TOKENS
-from batchq.formats import LineKind, iter_raw_lines
+from batchq.formats import LineError, LineKind, Request, iter_raw_lines
 from batchq.service import dispatch
 from batchq.service.intake import (
     Checked,
@@ -22,6 +22,7 @@ from batchq.service.intake import (
     open_input,
     refuse_unless_runnable,
 )
+from batchq.service.routing import ModelRouter
 from batchq.store.intake import Also, NewJob, NewLine, create_job
 from batchq.variants import Variant, resolve
 
@@ -48,24 +49,40 @@ class JobSettings:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def validate_file(path: str, settings: Settings | None = None) -> int:
+def validate_file(path: str, settings: Settings | None = None, *,
+                  only: Variant | None = None) -> int:
     """Check every line of a file without storing anything; returns the number of lines.
+    With `only`, a line that names another model is refused too (`batchq run` serves one).
 
     Raises InputError naming each bad line (the first 20, then a count).
     """
     settings = settings or get_settings()
+    rule = None if only is None else _one_variant(only, settings)
     with open_input(path, settings) as (source, reopen), reopen() as stream:
-        checked = check_all(source, stream, settings, DEFAULT_MAX_NEW_TOKENS)
+        checked = check_all(source, stream, settings, DEFAULT_MAX_NEW_TOKENS, rule)
     refuse_unless_runnable(source, checked, skip_invalid=False)
     return checked.accepted
+
+
+def _one_variant(variant: Variant, settings: Settings) -> Callable[[Request], None]:
+    router = ModelRouter(variant, settings)
+
+    def rule(request: Request) -> None:
+        if router(request) != 0:
+            field = "body.model" if request.kind.openai else "model"
+            raise LineError(f"field '{field}': {request.model!r} is not --model, and `batchq run` "
+                            "serves one model (run with --model-override, or submit the file and "
+                            "start a worker per model)", "mismatched_model", field)
+    return rule
 
 
 def submit(path: str, model: str, quant: str | None = None, *,
            job_settings: JobSettings | None = None, name: str | None = None,
            settings: Settings | None = None, skip_invalid: bool = False,
-           refused: list[str] | None = None) -> str:
+           refused: list[str] | None = None, model_override: bool = False) -> str:
     """Validate the whole file, store job, lines and chunks in one transaction, then enqueue.
 
+    `model` runs the lines that name no model of their own (with model_override, every line).
     Returns the new job's id. Raises InputError (nothing stored) if any line is invalid, unless
     skip_invalid: then each bad line is stored as a failed line with its reason (the first
     few reasons are appended to `refused`), and the good ones run.
@@ -74,9 +91,11 @@ def submit(path: str, model: str, quant: str | None = None, *,
     variant = resolve(model, quant, settings.model_aliases)
     job_settings = job_settings or JobSettings()
     default_limit = job_settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    router = ModelRouter(variant, settings, override=model_override)
     with open_input(path, settings) as (source, reopen):
         with reopen() as stream:
-            checked = check_all(source, stream, settings, default_limit)
+            checked = check_all(source, stream, settings, default_limit, route=router)
+        checked.variants = router.variants
         refuse_unless_runnable(source, checked, skip_invalid)
         if refused is not None:
             refused.extend(checked.problems)
@@ -93,12 +112,15 @@ def store_checked(settings: Settings, source: str, reopen: Reopen, checked: Chec
     (with `also`'s rows), its chunks queued. Returns the job's id."""
     from batchq.queue.publish import check_broker  # Celery: only where a message is sent
 
-    chunk_of = chunk_by_size(checked.sizes, settings.chunk_size)
+    chunk_of = chunk_by_size(checked.sizes, settings.chunk_size, checked.variant_of)
+    variants = checked.variants or [variant]
+    variant_of_chunk = {seq: variants[checked.variant_of[i]] if checked.variant_of else variant
+                        for i, seq in enumerate(chunk_of)}
     checked.sizes = array("q")
     check_broker(settings)
     with reopen() as stream:
         chunks = create_job(settings, job, _new_lines(stream, checked, chunk_of, settings),
-                            also)
+                            variant_of_chunk, also)
     dispatch.send(settings, chunks)
     return job.id
 

@@ -4,7 +4,7 @@ exists whole or not at all."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,7 @@ from batchq.store.models import Chunk, Job, Line
 from batchq.store.reads import select_chunks
 from batchq.store.sessions import session_scope
 from batchq.store.views import ChunkRef
+from batchq.variants import Variant
 
 INSERT_BATCH = 1000
 
@@ -54,9 +55,11 @@ class NewLine:
 
 
 def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
-               also: Also | None = None) -> list[ChunkRef]:
+               variant_of_chunk: Mapping[int, Variant], also: Also | None = None
+               ) -> list[ChunkRef]:
     """Store the job, its lines (streamed, inserted a thousand at a time) and one chunk per
-    chunk_seq the accepted lines use, and `also`'s rows. Returns the chunks, to be queued."""
+    chunk_seq the accepted lines use, on its variant's queue, and `also`'s rows. Returns the
+    chunks, to be queued."""
     now = utcnow()
     with session_scope(settings) as session:
         session.add(Job(
@@ -76,7 +79,8 @@ def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
                 rows = []
         if rows:
             session.execute(insert(Line), rows)
-        session.execute(insert(Chunk), [_chunk_row(job.id, seq, spans[seq], job.queue, now)
+        session.execute(insert(Chunk), [_chunk_row(job.id, seq, spans[seq],
+                                                   variant_of_chunk[seq], now)
                                         for seq in sorted(spans)])
         session.execute(update(Job).where(Job.id == job.id).values(total_chunks=len(spans)))
         if also is not None:
@@ -97,10 +101,10 @@ def _line_row(job_id: str, line: NewLine, now: datetime) -> dict[str, Any]:
     return row
 
 
-def _chunk_row(job_id: str, seq: int, span: list[int], queue: str,
+def _chunk_row(job_id: str, seq: int, span: list[int], variant: Variant,
                now: datetime) -> dict[str, Any]:
     return {"job_id": job_id, "seq": seq, "first_line": span[0], "last_line": span[1],
-            "queue": queue, "status": ChunkStatus.QUEUED, "attempts": 0, "enqueued_at": now,
+            "queue": variant.queue, "model": variant.model, "quant": variant.quant, "status": ChunkStatus.QUEUED, "attempts": 0, "enqueued_at": now,
             "batches": 0, "prompt_tokens": 0, "padded_prompt_tokens": 0,
             "completion_tokens": 0, "decode_slots": 0, "generate_seconds": 0.0,
             "peak_memory_bytes": 0}

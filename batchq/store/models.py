@@ -72,6 +72,8 @@ class Chunk(Base):
     # The variant's queue its message goes to and its workers sweep: a chunk's own, since a
     # job's lines may name different models.
     queue: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(Text)  # the variant that runs it, as resolved at submit
+    quant: Mapped[str] = mapped_column(String(8))
     status: Mapped[ChunkStatus] = mapped_column(EnumText(ChunkStatus, 16),
                                                 default=ChunkStatus.QUEUED)
     # Claims so far; the claim's number is its fencing token (only its holder renews the lease).

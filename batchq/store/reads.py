@@ -15,7 +15,7 @@ from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, LineStatus
 from batchq.store.database import utcnow
 from batchq.store.models import BatchRun, Chunk, Job, Line
 from batchq.store.sessions import session_scope
-from batchq.store.views import BatchRecord, ChunkRef, Counts, JobMetrics, JobView
+from batchq.store.views import BatchRecord, ChunkRef, Counts, JobMetrics, JobView, VariantShare
 
 
 def find_job(session: Session, job_ref: str) -> Job:
@@ -34,14 +34,29 @@ def find_job(session: Session, job_ref: str) -> Job:
 
 
 def line_counts(session: Session, job_id: str) -> Counts:
-    by_status = {LineStatus(status): n for status, n in session.execute(
-        select(Line.status, func.count()).where(Line.job_id == job_id).group_by(Line.status))}
-    return Counts(total=sum(by_status.values()),
-                  succeeded=by_status.get(LineStatus.SUCCEEDED, 0),
-                  failed=by_status.get(LineStatus.FAILED, 0),
-                  cancelled=by_status.get(LineStatus.CANCELLED, 0),
-                  pending=by_status.get(LineStatus.PENDING, 0),
-                  expired=by_status.get(LineStatus.EXPIRED, 0))
+    return Counts.of({LineStatus(status): n for status, n in session.execute(
+        select(Line.status, func.count()).where(Line.job_id == job_id).group_by(Line.status))})
+
+
+def variant_shares(session: Session, job: Job) -> tuple[VariantShare, ...]:
+    """The job's lines and chunks by the variant of their chunk, the job's own first."""
+    lines: dict[tuple[str, str, str], dict[LineStatus, int]] = {}
+    for queue, model, quant, status, n in session.execute(
+            select(Chunk.queue, Chunk.model, Chunk.quant, Line.status, func.count())
+            .join(Chunk, (Chunk.job_id == Line.job_id) & (Chunk.seq == Line.chunk_seq))
+            .where(Line.job_id == job.id)
+            .group_by(Chunk.queue, Chunk.model, Chunk.quant, Line.status)):
+        lines.setdefault((queue, model, quant), {})[LineStatus(status)] = n
+    chunks: dict[str, list[int]] = {}
+    for queue, chunk_status, n in session.execute(
+            select(Chunk.queue, Chunk.status, func.count()).where(Chunk.job_id == job.id)
+            .group_by(Chunk.queue, Chunk.status)):
+        counted = chunks.setdefault(queue, [0, 0])
+        counted[0] += n
+        counted[1] += n if chunk_status == ChunkStatus.RUNNING else 0
+    shares = [VariantShare(model, quant, queue, Counts.of(by_status), *chunks.get(queue, [0, 0]))
+              for (queue, model, quant), by_status in lines.items()]
+    return tuple(sorted(shares, key=lambda share: (share.queue != job.queue, share.queue)))
 
 
 def describe(session: Session, job: Job) -> JobView:
@@ -61,13 +76,13 @@ def describe(session: Session, job: Job) -> JobView:
         finished_at=job.finished_at, now=utcnow(), generate_seconds=float(totals[4]),
         batches=batches, prompt_tokens=prompt, padded_prompt_tokens=padded,
         completion_tokens=completion, decode_slots=slots, peak_memory_bytes=peak)
-    running = session.scalar(select(func.count()).select_from(Chunk).where(
-        Chunk.job_id == job.id, Chunk.status == ChunkStatus.RUNNING)) or 0
+    shares = variant_shares(session, job)
     return JobView(
         id=job.id, name=job.name, status=job.status, model=job.model, quant=job.quant,
         queue=job.queue, source=job.source, settings=json.loads(job.settings),
         counts=line_counts(session, job.id), chunks=job.total_chunks, metrics=metrics,
-        expires_at=job.expires_at, running_chunks=running)
+        expires_at=job.expires_at, running_chunks=sum(s.running_chunks for s in shares),
+        variants=shares)
 
 
 def job_view(settings: Settings, job_ref: str) -> JobView:
@@ -92,9 +107,12 @@ def active_jobs(settings: Settings) -> list[JobView]:
 def line_results(settings: Settings, job_id: str) -> Iterator[LineResult]:
     """The job's lines in input order, streamed (a million-line job is never held whole)."""
     with session_scope(settings) as session:
+        # A line's model is its chunk's (a refused line has no chunk: None).
         query = (select(Line.line_no, Line.custom_id, Line.kind, Line.status, Line.output,
                         Line.finish_reason, Line.error, Line.prompt_tokens,
-                        Line.completion_tokens, Line.reasoning, Line.reasoning_tokens)
+                        Line.completion_tokens, Line.reasoning, Line.reasoning_tokens,
+                        Chunk.model)
+                 .outerjoin(Chunk, (Chunk.job_id == Line.job_id) & (Chunk.seq == Line.chunk_seq))
                  .where(Line.job_id == job_id).order_by(Line.line_no)
                  .execution_options(yield_per=1000))
         for row in session.execute(query):

@@ -34,6 +34,46 @@ class Counts:
                 "cancelled": self.cancelled, "pending": self.pending, "expired": self.expired}
 
 
+    @classmethod
+    def of(cls, by_status: dict[Any, int]) -> Counts:
+        """From lines counted by LineStatus."""
+        from batchq.states import LineStatus
+
+        return cls(total=sum(by_status.values()),
+                   succeeded=by_status.get(LineStatus.SUCCEEDED, 0),
+                   failed=by_status.get(LineStatus.FAILED, 0),
+                   cancelled=by_status.get(LineStatus.CANCELLED, 0),
+                   pending=by_status.get(LineStatus.PENDING, 0),
+                   expired=by_status.get(LineStatus.EXPIRED, 0))
+
+
+@dataclass(frozen=True)
+class VariantShare:
+    """One variant's part of a job: the lines its chunks hold, and those chunks."""
+
+    model: str
+    quant: str
+    queue: str
+    counts: Counts
+    chunks: int
+    running_chunks: int
+
+    @property
+    def variant(self) -> str:
+        return variant_name(self.queue)
+
+    @property
+    def waiting_for_worker(self) -> bool:
+        """Lines to run and no chunk held: no worker of this variant is taking its work."""
+        return self.counts.pending > 0 and self.running_chunks == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "model": self.model, "quant": self.quant,
+                "queue": self.queue, "counts": self.counts.to_dict(), "chunks": self.chunks,
+                "running_chunks": self.running_chunks,
+                "waiting_for_worker": self.waiting_for_worker}
+
+
 @dataclass(frozen=True)
 class JobMetrics:
     """A job's timings and its batches' totals (summed over its chunks)."""
@@ -123,6 +163,7 @@ class JobView:
     metrics: JobMetrics
     expires_at: datetime | None = None  # the end of its completion window, if it has one
     running_chunks: int = 0  # held by a worker now (a cancelled job's may still run a batch)
+    variants: tuple[VariantShare, ...] = ()  # by variant, the job's own (--model) first
 
     @property
     def variant(self) -> str:
@@ -135,6 +176,7 @@ class JobView:
                 "model": self.model, "quant": self.quant, "queue": self.queue,
                 "source": self.source, "settings": self.settings,
                 "counts": self.counts.to_dict(), "chunks": self.chunks,
+                "variants": [share.to_dict() for share in self.variants],
                 "metrics": self.metrics.to_dict()}
 
 
