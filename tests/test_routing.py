@@ -76,6 +76,10 @@ def test_each_line_runs_on_its_own_variant_and_waits_only_for_its_own_worker(
             assert (result["model"], result["output"]) == (str(thinking_model), "Three.")
         else:
             assert result["model"] == str(tiny_model) and result["output"] != "Three."
+    page = tmp_path / "job.html"
+    assert batchq("report", job, "-o", str(page), env=env).returncode == 0
+    text = page.read_text()
+    assert "variant 1" in text and "variant 2" in text and "8 lines, 8 succeeded" in text
 
 
 def test_a_model_nothing_resolves_is_refused_by_line_and_override_runs_it_on_model(

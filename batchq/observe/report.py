@@ -60,8 +60,12 @@ def summary(data: ReportData) -> list[tuple[str, str]]:
     m, c = job.metrics, job.counts
     latencies = sorted(b.seconds for b in batches)
     p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+    variants = [("variant", f"{job.model} ({job.quant})")] if len(job.variants) <= 1 else [
+        (f"variant {n}", f"{share.model} ({share.quant}): {share.counts.total} lines, "
+                         f"{share.counts.succeeded} succeeded, {share.counts.failed} failed")
+        for n, share in enumerate(job.variants, start=1)]
     return [
-        ("job", job.id), ("variant", f"{job.model} ({job.quant})"),
+        ("job", job.id), *variants,
         ("status", job.status.value),
         ("lines", f"{c.total} total, {c.succeeded} succeeded, {c.failed} failed, "
                   f"{c.cancelled} cancelled"),
