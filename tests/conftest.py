@@ -32,8 +32,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # The modules whose tests start workers run first: with several test processes, the long tests
 # are then spread out instead of finishing last on one of them.
-SLOW_FIRST = ("test_faults", "test_e2e", "test_schedules", "test_api", "test_bench",
-              "test_security", "test_observe", "test_bad_input", "test_schedule_cli")
+SLOW_FIRST = ("test_faults", "test_e2e", "test_routing", "test_schedules", "test_api", "test_bench",
+              "test_security", "test_observe", "test_thinking", "test_bad_input",
+              "test_schedule_cli")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
