@@ -41,15 +41,18 @@ MAX_TOKEN_KEYS = ("max_new_tokens", "max_tokens", "max_completion_tokens")
 # Qwen's recommended settings use these beyond OpenAI's temperature and top_p.
 SAMPLING_KEYS = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 PARAM_KEYS = (*MAX_TOKEN_KEYS, "temperature", "top_p", "seed", "stop", *SAMPLING_KEYS)
-PLAIN_KEYS = {"prompt", "messages", "custom_id", "model", "enable_thinking", *PARAM_KEYS}
+PLAIN_KEYS = {"prompt", "messages", "custom_id", "model", "enable_thinking", "json_schema",
+              *PARAM_KEYS}
 OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
 # Body fields honoured only at the value that changes nothing (any other value is refused by
 # name): one choice, no streaming, no log probabilities, plain text out.
 OPENAI_NEUTRAL = {"n": (1,), "stream": (False, None), "logprobs": (False, None),
-                  "response_format": ({"type": "text"}, None), "stream_options": (None,)}
+                  "stream_options": (None,)}
 # `user` labels the caller for OpenAI's abuse monitoring; it changes no output.
-OPENAI_BODY_KEYS = {"model", "user", *PARAM_KEYS, *OPENAI_NEUTRAL}
+OPENAI_BODY_KEYS = {"model", "user", "response_format", *PARAM_KEYS, *OPENAI_NEUTRAL}
 MAX_STOP_STRINGS = 4
+# The error code of a line whose JSON the output limit cut off (its error text starts so).
+JSON_INCOMPLETE = "json_incomplete"
 
 
 def openai_kind(url: str) -> LineKind | None:
@@ -132,12 +135,14 @@ def _parse_plain(obj: dict[str, Any], line_no: int) -> Request:
     if unknown:
         raise LineError(
             f"unknown field {unknown[0]!r} (allowed: prompt or messages, custom_id, model, "
-            + ", ".join(PARAM_KEYS) + ", enable_thinking)"
+            + ", ".join(PARAM_KEYS) + ", enable_thinking, json_schema)"
         )
     custom_id = _custom_id(obj, line_no)
     params = _params(obj, "")
     if obj.get("enable_thinking") is not None:
         params["thinking"] = _bool(obj["enable_thinking"], "enable_thinking")
+    if obj.get("json_schema") is not None:
+        params["json_schema"] = _schema(obj["json_schema"], "json_schema")
     if "prompt" in obj and "messages" in obj:
         raise LineError("give either 'prompt' or 'messages', not both")
     model = _nonempty_str(obj["model"], "model") if obj.get("model") is not None else None
@@ -176,6 +181,10 @@ def _parse_openai(obj: dict[str, Any], line_no: int) -> Request:
     params = _params(body, "body.")
     if body.get("chat_template_kwargs") is not None:
         params.update(_template_kwargs(body["chat_template_kwargs"]))
+    if body.get("response_format") is not None:
+        schema = _response_format(body["response_format"])
+        if schema is not None:
+            params["json_schema"] = schema
     model = _nonempty_str(body["model"], "body.model") if "model" in body else None
     if kind is LineKind.OPENAI_CHAT:
         return Request(custom_id, kind, _messages(body["messages"], "body.messages"), None,
@@ -199,6 +208,32 @@ def _refuse_unhonoured(body: dict[str, Any], text: str) -> None:
             extra = ", chat_template_kwargs" if text == "messages" else ""
             raise LineError(f"field '{where}' is not supported; batchq honours {text}, model, "
                             + ", ".join(PARAM_KEYS) + f", user{extra}", param=where)
+
+
+def _response_format(value: Any) -> dict[str, Any] | None:
+    """OpenAI's response_format: text (nothing to enforce), json_object (any JSON object) or
+    json_schema (its schema; `strict` or not, batchq enforces it whole)."""
+    where = "body.response_format"
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict):
+            raise LineError(f"field '{where}.json_schema': expected an object with name and "
+                            "schema", param=f"{where}.json_schema")
+        return _schema(spec.get("schema"), f"{where}.json_schema.schema")
+    raise LineError(f"field '{where}': expected type text, json_object or json_schema",
+                    param=where)
+
+
+def _schema(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise LineError(f"field '{where}': expected a JSON schema (an object), got "
+                        f"{_type_name(value)}", param=where)
+    return value
 
 
 def _template_kwargs(value: Any) -> dict[str, Any]:
@@ -416,6 +451,8 @@ def _error_code(result: LineResult) -> str:
     """The code a script can act on, by line format (the plain one names statuses)."""
     if result.kind is LineKind.INVALID:
         return "invalid_input"
+    if (result.error or "").startswith(JSON_INCOMPLETE):
+        return JSON_INCOMPLETE  # cut off by the output limit before its JSON closed
     if result.status is LineStatus.EXPIRED:
         return "batch_expired"
     if result.kind.openai:

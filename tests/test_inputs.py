@@ -93,7 +93,7 @@ def test_request_survives_storage_roundtrip():
     (b'{"method": "POST", "url": "/v1/completions", "body": {"prompt": "x"}}', "without 'custom_id'"),
     (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "n": 2}}', "field 'body.n': 2 is not supported"),
     (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 2.5}}', "body.frequency_penalty': 2.5 is outside -2.0..2.0"),
-    (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}}', "field 'body.response_format': {\"type\": \"json_object\"} is not supported"),
+    (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "grammar"}}}', "field 'body.response_format': expected type text, json_object or json_schema"),
     (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "tools": []}}', "field 'body.tools' is not supported; batchq honours messages, model"),
     (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "echo": true}}', "field 'body.echo' is not supported; batchq honours prompt"),
     (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x"}, "extra": 1}', "unknown field 'extra'"),

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -120,10 +121,33 @@ _GENERATION = (
                  help="model: start from the model's generation_config (what Qwen recommends); "
                       "the options above and each line's own settings override it. "
                       "Default: greedy, for reproducible results."),
+    click.option("--json-schema", "json_schema", type=click.Path(dir_okay=False), default=None,
+                 help="A JSON schema file: every line's output is JSON that matches it "
+                      "(constrained decoding), unless the line gives its own."),
     click.option("--thinking", type=click.Choice(["on", "off"]), default=None,
                  help="A thinking model's (Qwen3) reasoning before its answer, for lines that "
                       "do not set enable_thinking. Default: the model's chat template's."),
 )
+
+
+def _schema_file(path: str) -> dict[str, Any]:
+    """A --json-schema file, read and checked before anything is stored."""
+    import json
+
+    from batchq.engine.schemas import schema_problem
+
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: cannot be read ({exc.strerror})",
+                                 param_hint="--json-schema") from None
+    except ValueError as exc:
+        raise click.BadParameter(f"{path}: not JSON ({exc})", param_hint="--json-schema") from None
+    problem = schema_problem(schema)
+    if problem:
+        raise click.BadParameter(f"{path}: the schema cannot be enforced: {problem}",
+                                 param_hint="--json-schema")
+    return dict(schema)
 
 
 def generation_options(f: Any) -> Any:
@@ -137,8 +161,10 @@ def generation_options(f: Any) -> Any:
     def command(*args: Any, **kwargs: Any) -> Any:
         given = {name: kwargs.pop(name) for name in names}
         thinking = kwargs.pop("thinking")
+        schema = kwargs.pop("json_schema")
         return f(*args, job_settings=JobSettings(
-            **given, thinking=None if thinking is None else thinking == "on"), **kwargs)
+            **given, thinking=None if thinking is None else thinking == "on",
+            json_schema=None if schema is None else _schema_file(schema)), **kwargs)
 
     for option in reversed(_GENERATION):
         command = option(command)

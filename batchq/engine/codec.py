@@ -7,6 +7,7 @@ stop string), what the finish reason is, how many tokens count, and, for a think
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -127,6 +128,12 @@ class PromptCodec:
             # OpenAI semantics: the earliest stop string ends the output and is not part of it.
             # Stop strings apply to the answer only, never to the reasoning.
             text, finish, counted = text[:min(cuts)], "stop", len(tokens)
+        if item.prompt.settings.json_schema is not None and not _parses(text):
+            # The grammar kept it valid so far; only the output limit can leave it unclosed.
+            return Completion(item.prompt.key, None, finish, len(item.ids), counted,
+                              error=f"{JSON_INCOMPLETE}: the output limit ({item.limit} tokens) "
+                                    "ended before the JSON closed; raise max_tokens",
+                              reasoning=reasoning)
         return Completion(item.prompt.key, text, finish, len(item.ids), counted,
                           reasoning=reasoning,
                           reasoning_tokens=0 if thought is None else len(tokens) - len(answer))
@@ -156,6 +163,19 @@ class PromptCodec:
 
     def _text(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+# The start of a failed line's error when its JSON was cut off: results give it its own code
+# (batchq.formats.JSON_INCOMPLETE; the engine imports nothing of batchq's).
+JSON_INCOMPLETE = "json_incomplete"
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _last(ids: Sequence[int], token: int) -> int:

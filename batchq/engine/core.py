@@ -143,7 +143,9 @@ class Engine:
             groups[prompt.settings.sampling].append(item)
         chosen = BY_NAME[self.strategy](self.runner)
         for sampling, items in groups.items():
-            strategy: Strategy = (chosen if chosen.serves(sampling)
+            # A schema needs a logits processor, which only padded batches take.
+            constrained = any(item.prompt.settings.json_schema for item in items)
+            strategy: Strategy = (chosen if chosen.serves(sampling) and not constrained
                                   else StaticBatches(self.runner))
             yield from strategy.run(items, started)
 

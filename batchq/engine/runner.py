@@ -91,6 +91,27 @@ class ModelRunner:
             config.stop_strings = list(settings.stop)  # a thinking model's: _AnswerStops
         return config
 
+    def _constraint(self, width: int, schemas: list[str | None], settings: GenerationSettings,
+                    config: Any) -> Any:
+        """The schemas' mask, then (sampling) top-k, top-p and min-p after it, not before:
+        filtering first could leave a row no token its grammar allows."""
+        from transformers import MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        from batchq.engine.constraints import JsonConstraint
+
+        filters: list[Any] = []
+        if not settings.greedy:
+            if settings.top_k:
+                filters.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p < 1.0:
+                filters.append(TopPLogitsWarper(settings.top_p))
+            if settings.min_p:
+                filters.append(MinPLogitsWarper(settings.min_p))
+            config.update(top_k=0, top_p=1.0, min_p=None)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        return JsonConstraint(width, schemas, self.codec.tokenizer, vocab, self.codec.eos_ids,
+                              filters)
+
     def run_padded(self, items: list[WorkItem], per_row_limits: bool) -> BatchOutput:
         """One `generate` call over left-padded rows that share sampling settings. With
         per_row_limits, each row stops at its own output limit, not the batch's largest."""
@@ -111,9 +132,16 @@ class ModelRunner:
             extra["tokenizer"] = self.codec.tokenizer
         elif settings.stop:
             criteria.append(_AnswerStops(width, items, self.codec))
+        processors = LogitsProcessorList()
         if settings.presence_penalty or settings.frequency_penalty:
-            extra["logits_processor"] = LogitsProcessorList([_OutputPenalties(
-                width, settings.presence_penalty, settings.frequency_penalty)])
+            processors.append(_OutputPenalties(width, settings.presence_penalty,
+                                               settings.frequency_penalty))
+        schemas = [item.prompt.settings.json_schema for item in items]
+        config = self.generation_config(settings, max(limits))
+        if any(schemas):
+            processors.append(self._constraint(width, schemas, settings, config))
+        if processors:
+            extra["logits_processor"] = processors
         if per_row_limits and min(limits) != max(limits):
             row_limits = torch.tensor(limits, device=self.model.device)
             criteria.append(_RowLimits(width, row_limits))
@@ -126,7 +154,7 @@ class ModelRunner:
             out = self.model.generate(
                 input_ids=input_ids.to(self.model.device),
                 attention_mask=attention.to(self.model.device),
-                generation_config=self.generation_config(settings, max(limits)),
+                generation_config=config,
                 **extra,
             )
         seconds = self.device.elapsed(clock)

@@ -3,6 +3,7 @@ and the batch's measurements). Plain frozen data, importable without torch."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -31,6 +32,7 @@ class GenerationSettings:
     presence_penalty: float = 0.0  # OpenAI's two: output tokens only
     frequency_penalty: float = 0.0
     thinking: bool | None = None  # the chat template's enable_thinking; None: its default
+    json_schema: str | None = None  # canonical JSON of the schema the output must match
 
     @property
     def greedy(self) -> bool:
@@ -43,9 +45,10 @@ class GenerationSettings:
 
     @property
     def sampling(self) -> GenerationSettings:
-        """Everything but the output limit and thinking (which change only a prompt and how
-        its output is read): prompts that agree on it may share a batch."""
-        return replace(self, max_new_tokens=0, thinking=None)
+        """Everything but the output limit, thinking (which changes only a prompt and how its
+        output is read) and the schema (each row has its own): prompts that agree on it may
+        share a batch."""
+        return replace(self, max_new_tokens=0, thinking=None, json_schema=None)
 
     @classmethod
     def merged(cls, job: Mapping[str, Any], line: Mapping[str, Any],
@@ -56,6 +59,9 @@ class GenerationSettings:
                   **{k: v for k, v in job.items() if v is not None}, **line}
         if "stop" in values:
             values["stop"] = tuple(values["stop"])
+        if isinstance(values.get("json_schema"), dict):
+            # Key order kept: the output's properties come in the schema's order.
+            values["json_schema"] = json.dumps(values["json_schema"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 

@@ -20,6 +20,7 @@ from typing import IO
 
 from batchq.config import Settings
 from batchq.engine.planning import order_key
+from batchq.engine.schemas import schema_problem
 from batchq.errors import InputError, NotFound
 from batchq.formats import LineError, Request, iter_raw_lines, parse_line
 from batchq.variants import Variant
@@ -71,7 +72,15 @@ def check_line(raw: bytes, line_no: int, settings: Settings) -> Request:
     if len(raw) > settings.max_line_bytes:
         raise LineError(f"line is {len(raw)} bytes, over the limit of "
                         f"{settings.max_line_bytes} (BATCHQ_MAX_LINE_BYTES)")
-    return parse_line(raw, line_no)
+    request = parse_line(raw, line_no)
+    schema = request.params.get("json_schema")
+    if schema is not None:
+        problem = schema_problem(schema)
+        if problem:
+            where = "body.response_format" if request.kind.openai else "json_schema"
+            raise LineError(f"field '{where}': the schema cannot be enforced: {problem}",
+                            "invalid_schema", where)
+    return request
 
 
 def _size_key(request: Request, default_limit: int) -> int:

@@ -44,6 +44,8 @@ class JobSettings:
     sampling: str | None = None
     # The chat template's enable_thinking (Qwen3); None: the template's own default.
     thinking: bool | None = None
+    # A JSON schema every line's output must match (lines may give their own).
+    json_schema: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -190,8 +190,10 @@ class Transitions:
                                   reasoning=c.reasoning,
                                   reasoning_tokens=None if c.reasoning is None
                                   else c.reasoning_tokens)
-                else:
-                    values.update(status=LineStatus.FAILED, error=c.error, completion_tokens=0)
+                else:  # a JSON cut off by the output limit keeps its finish reason and tokens
+                    values.update(status=LineStatus.FAILED, error=c.error,
+                                  finish_reason=c.finish_reason,
+                                  completion_tokens=c.completion_tokens)
                 session.execute(update(Line).where(Line.id == c.key,
                                                    Line.status == LineStatus.PENDING)
                                 .values(**values))
