@@ -6,6 +6,7 @@ Speed itself is never asserted here; these tests check what the numbers are made
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -28,18 +29,26 @@ def test_workload_is_log_uniform_within_its_ranges_and_fixed_by_its_seed():
 
 def test_bench_compares_every_strategy_on_the_same_prompts(tiny_model, embedded_env, tmp_path):
     out = tmp_path / "bench.json"
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string"}}}, "required": ["tags"]}))
     res = batchq("bench", str(tiny_model), *SMALL, "--ignore-eos", "--max-batch-rows", "4",
-                 "--json", str(out), env=embedded_env)
+                 "--json", str(out), "--json-schema", str(schema), env=embedded_env)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["strategy", "out", "tok/s"]
     assert [line.split()[0] for line in lines[1:4]] == ["naive", "static", "continuous"]
     assert lines[4] == "outputs identical across strategies: yes"
-    assert len(lines) == 5
+    assert re.fullmatch(rf"constrained decoding \(static, every prompt held to {re.escape(str(schema))}\): "
+                        r"[\d,]+ output tokens/s against [\d,]+ free = \d+%", lines[5])
+    assert len(lines) == 6
 
     report = json.loads(out.read_text())
     assert report["outputs_identical"] is True and report["ignore_eos"] is True
     assert report["budget"]["max_rows"] == 4 and report["system"] is None
+    held = report["constrained"]
+    assert held["ratio"] == pytest.approx(held["constrained_tokens_per_s"]
+                                          / held["free_tokens_per_s"])
     limits = [p.settings.max_new_tokens for p in Workload(10, 3, 8, 96, 4, 24).build()]
     by_name = {s["strategy"]: s for s in report["strategies"]}
     for s in by_name.values():

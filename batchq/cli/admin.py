@@ -83,6 +83,9 @@ def make_tiny_model(directory: str, arch: str) -> None:
                    "and report its tokens/s against the engine alone.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write every figure to this file as JSON.")
+@click.option("--json-schema", "json_schema", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Also run the prompts held to this JSON schema (constrained "
+                                 "decoding) and report its tokens/s against free decoding.")
 def bench(**options: Any) -> None:
     """Measure generation speed: the tutorial loop against batchq's strategies, on one synthetic
     workload, and optionally the whole system against the engine alone."""

@@ -45,6 +45,7 @@ class BenchOptions:
     max_batch_rows: int | None = None
     system: bool = False
     json_path: str | None = None
+    json_schema: str | None = None  # also measure constrained decoding under this schema file
 
     def check(self) -> list[str]:
         """The strategies to compare; raises ConfigError for options that cannot go together."""
@@ -106,6 +107,14 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
     out("outputs identical across strategies: " + ("yes" if not diff else "NO: " + "; ".join(
         f"{name} differs from {results[0].strategy} on {len(keys)} prompt(s), first #{keys[0]}"
         for name, keys in diff.items())))
+    constrained = None
+    if options.json_schema:
+        schema = json.loads(Path(options.json_schema).read_text(encoding="utf-8"))
+        constrained = compare.constrained_cost(engine, items, schema)
+        out(f"constrained decoding (static, every prompt held to {options.json_schema}): "
+            f"{constrained['constrained_tokens_per_s']:,.0f} output tokens/s against "
+            f"{constrained['free_tokens_per_s']:,.0f} free = "
+            f"{100 * constrained['ratio']:.0f}%")
     system = None
     if options.system:
         best = max((r for r in results if r.strategy != "naive"), default=results[0],
@@ -121,7 +130,7 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
             out(f"end to end vs the naive loop: "
                 f"{system.system_tokens_per_s / naive.output_tokens_per_s:.2f}x")
     if options.json_path:
-        report = _report(meta, results, system)
+        report = {**_report(meta, results, system), "constrained": constrained}
         Path(options.json_path).write_text(json.dumps(report, indent=2) + "\n")
         note(f"wrote {options.json_path}")
 
