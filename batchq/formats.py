@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ OPENAI_NEUTRAL = {"n": (1,), "stream": (False, None), "logprobs": (False, None),
                   "stream_options": (None,)}
 # `user` labels the caller for OpenAI's abuse monitoring; it changes no output.
 OPENAI_BODY_KEYS = {"model", "user", "response_format", *PARAM_KEYS, *OPENAI_NEUTRAL}
+CHAT_ONLY_KEYS = ("chat_template_kwargs", "tools", "tool_choice")
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STOP_STRINGS = 4
 # The error code of a line whose JSON the output limit cut off (its error text starts so).
 JSON_INCOMPLETE = "json_incomplete"
@@ -76,13 +79,16 @@ class Request:
 
     custom_id: str
     kind: LineKind
-    messages: list[dict[str, str]] | None = None  # chat kinds
+    messages: list[dict[str, Any]] | None = None  # chat kinds
     text: str | None = None  # raw completion prompt (openai-completion): no chat template
     params: dict[str, Any] = field(default_factory=dict)  # only what the line set itself
     model: str | None = None  # as the line named it (`model`, or OpenAI lines' body.model)
+    tools: list[dict[str, Any]] | None = None  # OpenAI chat lines' functions the model may call
 
     def to_json(self) -> str:
         body: dict[str, Any] = {"params": self.params}
+        if self.tools is not None:
+            body["tools"] = self.tools
         if self.messages is not None:
             body["messages"] = self.messages
         if self.text is not None:
@@ -95,7 +101,7 @@ class Request:
     def from_row(cls, custom_id: str, kind: str, stored: str) -> Request:
         body = json.loads(stored)
         return cls(custom_id, LineKind(kind), body.get("messages"), body.get("text"),
-                   body["params"], body.get("model"))
+                   body["params"], body.get("model"), body.get("tools"))
 
 
 # ---------------------------------------------------------------- reading
@@ -187,8 +193,14 @@ def _parse_openai(obj: dict[str, Any], line_no: int) -> Request:
             params["json_schema"] = schema
     model = _nonempty_str(body["model"], "body.model") if "model" in body else None
     if kind is LineKind.OPENAI_CHAT:
-        return Request(custom_id, kind, _messages(body["messages"], "body.messages"), None,
-                       params, model)
+        tools = _tools(body)
+        if tools is not None:
+            params["tool_choice"] = _tool_choice(body.get("tool_choice"), tools)
+        elif body.get("tool_choice") not in (None, "none"):
+            raise LineError("field 'body.tool_choice': there are no body.tools to choose from",
+                            param="body.tool_choice")
+        return Request(custom_id, kind, _messages(body["messages"], "body.messages", True),
+                       None, params, model, tools)
     return Request(custom_id, kind, None, _nonempty_str(body["prompt"], "body.prompt"), params,
                    model)
 
@@ -204,8 +216,8 @@ def _refuse_unhonoured(body: dict[str, Any], text: str) -> None:
                                 "plain-text answer per line, not streamed, without logprobs)",
                                 param=where)
         elif key not in OPENAI_BODY_KEYS and key != text and not (
-                key == "chat_template_kwargs" and text == "messages"):
-            extra = ", chat_template_kwargs" if text == "messages" else ""
+                key in CHAT_ONLY_KEYS and text == "messages"):
+            extra = ", " + ", ".join(CHAT_ONLY_KEYS) if text == "messages" else ""
             raise LineError(f"field '{where}' is not supported; batchq honours {text}, model, "
                             + ", ".join(PARAM_KEYS) + f", user{extra}", param=where)
 
@@ -275,18 +287,109 @@ def _nonempty_str(value: Any, where: str) -> str:
     return value
 
 
-def _messages(value: Any, where: str) -> list[dict[str, str]]:
+def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """OpenAI's `tools`: functions, each with a name and (optionally) a description and a JSON
+    schema for its arguments. Normalised; their schemas are checked at submit."""
+    value = body.get("tools")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise LineError("field 'body.tools': expected a non-empty list of functions",
+                        param="body.tools")
+    tools, names = [], set()
+    for i, tool in enumerate(value):
+        at = f"body.tools[{i}]"
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not (isinstance(tool, dict) and tool.get("type") == "function"
+                and isinstance(function, dict)):
+            raise LineError(f"field '{at}': expected {{\"type\": \"function\", \"function\": "
+                            "{...}}", param=at)
+        name = function.get("name")
+        if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+            raise LineError(f"field '{at}.function.name': expected 1 to 64 letters, digits, "
+                            "'_' or '-'", param=f"{at}.function.name")
+        if name in names:
+            raise LineError(f"field '{at}.function.name': {name!r} is named twice",
+                            param=f"{at}.function.name")
+        names.add(name)
+        spec: dict[str, Any] = {"name": name}
+        if function.get("description") is not None:
+            spec["description"] = _nonempty_str(function["description"],
+                                                f"{at}.function.description")
+        spec["parameters"] = _schema(function.get("parameters", {"type": "object"}),
+                                     f"{at}.function.parameters")
+        tools.append({"type": "function", "function": spec})
+    return tools
+
+
+def _tool_choice(value: Any, tools: list[dict[str, Any]]) -> str:
+    """auto (the model decides), none (no tools), required (at least one call), or one named
+    function: stored as auto, none, required or function:NAME."""
+    where = "body.tool_choice"
+    if value is None:
+        return "auto"
+    if value in ("auto", "none", "required"):
+        return str(value)
+    name = (value.get("function") or {}).get("name") if isinstance(value, dict) else None
+    if not isinstance(name, str):
+        raise LineError(f"field '{where}': expected auto, none, required or "
+                        '{"type": "function", "function": {"name": ...}}', param=where)
+    if name not in {t["function"]["name"] for t in tools}:
+        raise LineError(f"field '{where}': {name!r} is not one of body.tools", param=where)
+    return f"function:{name}"
+
+
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """An earlier assistant turn's calls, as the chat template renders them (arguments as an
+    object, not OpenAI's JSON string)."""
+    if not isinstance(value, list) or not value:
+        raise LineError(f"field '{where}': expected a non-empty list of tool calls")
+    calls = []
+    for i, call in enumerate(value):
+        at = f"{where}[{i}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise LineError(f"field '{at}.function': expected an object with name and arguments")
+        name = function.get("name")
+        if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+            raise LineError(f"field '{at}.function.name': expected 1 to 64 letters, digits, "
+                            "'_' or '-'")
+        arguments = function.get("arguments", "{}")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                raise LineError(f"field '{at}.function.arguments': not valid JSON") from None
+        if not isinstance(arguments, dict):
+            raise LineError(f"field '{at}.function.arguments': expected a JSON object")
+        calls.append({"id": str(call.get("id") or f"call_{i}"), "type": "function",
+                      "function": {"name": name, "arguments": arguments}})
+    return calls
+
+
+def _messages(value: Any, where: str, openai: bool = False) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         raise LineError(f"field '{where}': expected a non-empty list of messages")
-    out = []
+    roles = (*ROLES, "tool") if openai else ROLES
+    out: list[dict[str, Any]] = []
     for i, msg in enumerate(value):
         at = f"{where}[{i}]"
         if not isinstance(msg, dict):
             raise LineError(f"field '{at}': expected an object, got {_type_name(msg)}")
         role = msg.get("role")
-        if role not in ROLES:
-            raise LineError(f"field '{at}.role': expected one of {', '.join(ROLES)}, got {role!r}")
-        out.append({"role": role, "content": _content(msg.get("content"), f"{at}.content")})
+        if role not in roles:
+            raise LineError(f"field '{at}.role': expected one of {', '.join(roles)}, got {role!r}")
+        if openai and role == "assistant" and msg.get("tool_calls"):
+            content = msg.get("content")
+            out.append({"role": role, "tool_calls": _tool_calls(msg["tool_calls"],
+                                                                f"{at}.tool_calls"),
+                        "content": "" if content in (None, "", []) else _content(
+                            content, f"{at}.content")})
+        elif role == "tool":
+            out.append({"role": role, "content": _content(msg.get("content"), f"{at}.content"),
+                        "tool_call_id": str(msg.get("tool_call_id") or "")})
+        else:
+            out.append({"role": role, "content": _content(msg.get("content"), f"{at}.content")})
     if out[-1]["role"] == "assistant" and len(out) == 1:
         raise LineError(f"field '{where}': needs at least one system or user message")
     return out
@@ -387,6 +490,7 @@ class LineResult:
     reasoning: str | None = None  # a thinking model's, apart from the answer in `output`
     reasoning_tokens: int | None = None
     model: str | None = None  # the model that ran it (its chunk's); None: it never ran
+    tool_calls: list[dict[str, str]] | None = None  # functions its answer called
 
     def __post_init__(self) -> None:
         # Rows read through the store are typed already; plain strings are accepted too.
@@ -413,11 +517,14 @@ def render_result(result: LineResult, job_id: str, model: str, created: int) -> 
     error = None
     if result.status in UNANSWERED:
         error = {"code": _error_code(result), "message": result.error or result.status}
-    line = {"custom_id": result.custom_id, "status": result.status.value, "output": result.output,
+    line: dict[str, Any] = {
+        "custom_id": result.custom_id, "status": result.status.value, "output": result.output,
             "finish_reason": result.finish_reason, "usage": result.usage, "error": error,
             "model": model}
     if result.reasoning is not None:
         line["reasoning"] = result.reasoning
+    if result.tool_calls:
+        line["tool_calls"] = result.tool_calls
     return line
 
 
@@ -428,7 +535,13 @@ def _render_openai(result: LineResult, job_id: str, model: str, created: int) ->
                             "response": None, "error": None}
     if result.status is LineStatus.SUCCEEDED:
         if result.kind is LineKind.OPENAI_CHAT:
-            message = {"role": "assistant", "content": result.output}
+            message: dict[str, Any] = {"role": "assistant", "content": result.output}
+            if result.tool_calls:
+                # OpenAI's shape; content is null when the answer was only calls.
+                message["content"] = result.output or None
+                message["tool_calls"] = [
+                    {"id": f"call_{req[:8]}{n}", "type": "function", "function": call}
+                    for n, call in enumerate(result.tool_calls)]
             if result.reasoning is not None:
                 # Where the OpenAI-compatible servers Qwen documents put it (vLLM, SGLang).
                 message["reasoning_content"] = result.reasoning

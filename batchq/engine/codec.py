@@ -55,10 +55,12 @@ class PromptCodec:
             # A raw completion prompt keeps its literal control tokens: that is what raw means.
             return self._tokens(prompt.text or "")
         messages, literals = self._shielded(prompt.messages)
-        switch = ({} if prompt.settings.thinking is None
-                  else {"enable_thinking": prompt.settings.thinking})
+        extra: dict[str, Any] = ({} if prompt.settings.thinking is None
+                                 else {"enable_thinking": prompt.settings.thinking})
+        if prompt.calls_tools:  # tool_choice none: the model is not told of them at all
+            extra["tools"] = [dict(tool) for tool in prompt.tools or ()]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=True, **switch)
+                                                  add_generation_prompt=True, **extra)
         if not literals:
             return self._tokens(text)
         # The template's own control tokens are parsed; a shielded string is only text.
@@ -70,8 +72,8 @@ class PromptCodec:
     def _tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _shielded(self, messages: Sequence[Mapping[str, str]]
-                  ) -> tuple[list[dict[str, str]], list[str]]:
+    def _shielded(self, messages: Sequence[Mapping[str, Any]]
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
         """Messages whose control-token strings (`<|im_end|>`, `<think>`, any added token) are
         swapped for placeholders, so a document or a user cannot open a turn of their own:
         the chat's structure comes from the template alone."""
@@ -128,7 +130,13 @@ class PromptCodec:
             # OpenAI semantics: the earliest stop string ends the output and is not part of it.
             # Stop strings apply to the answer only, never to the reasoning.
             text, finish, counted = text[:min(cuts)], "stop", len(tokens)
-        if item.prompt.settings.json_schema is not None and not _parses(text):
+        calls = None
+        if item.prompt.calls_tools:
+            text, calls = split_tool_calls(text)
+            finish = "tool_calls" if calls else finish
+        unclosed = (item.prompt.must_call and not calls) or (
+            item.prompt.settings.json_schema is not None and not _parses(text))
+        if unclosed:
             # The grammar kept it valid so far; only the output limit can leave it unclosed.
             return Completion(item.prompt.key, None, finish, len(item.ids), counted,
                               error=f"{JSON_INCOMPLETE}: the output limit ({item.limit} tokens) "
@@ -136,7 +144,8 @@ class PromptCodec:
                               reasoning=reasoning)
         return Completion(item.prompt.key, text, finish, len(item.ids), counted,
                           reasoning=reasoning,
-                          reasoning_tokens=0 if thought is None else len(tokens) - len(answer))
+                          reasoning_tokens=0 if thought is None else len(tokens) - len(answer),
+                          tool_calls=calls)
 
     def split_reasoning(self, prompt: Sequence[int], output: Sequence[int]
                         ) -> tuple[list[int] | None, list[int]]:
@@ -163,6 +172,31 @@ class PromptCodec:
 
     def _text(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+def split_tool_calls(text: str) -> tuple[str, list[dict[str, str]] | None]:
+    """Qwen's <tool_call>{"name": ..., "arguments": {...}}</tool_call> blocks out of an answer:
+    (the text around them, the calls with their arguments as JSON text, as OpenAI gives them).
+    A block that is not such a call stays in the text, as the model wrote it."""
+    calls: list[dict[str, str]] = []
+
+    def take(match: re.Match[str]) -> str:
+        try:
+            call = json.loads(match.group(1))
+        except ValueError:
+            return match.group(0)
+        if not (isinstance(call, dict) and isinstance(call.get("name"), str)
+                and isinstance(call.get("arguments", {}), dict)):
+            return match.group(0)
+        calls.append({"name": call["name"],
+                      "arguments": json.dumps(call.get("arguments", {}), ensure_ascii=False)})
+        return ""
+
+    rest = _TOOL_CALL.sub(take, text)
+    return (rest.strip(), calls) if calls else (text, None)
 
 
 # The start of a failed line's error when its JSON was cut off: results give it its own code

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from batchq.engine.schemas import grammar
-
 _TOKENIZERS: dict[tuple[int, int], Any] = {}
 
 
@@ -31,20 +29,21 @@ def _ll_tokenizer(tokenizer: Any, vocab: int, eos: Sequence[int]) -> Any:
     return _TOKENIZERS[key]
 
 
-class JsonConstraint:
-    """A logits processor: each row with a schema may only continue its JSON (and end once
-    it is whole). Then, for sampled rows, the top-k/top-p/min-p filters run on what is left:
-    filtering first could leave a row with no allowed token."""
+class GrammarConstraint:
+    """A logits processor: each row with a grammar (a schema's JSON, or the tool calls it
+    must make) may only continue it (and end once it is whole). Then, for sampled rows, the
+    top-k/top-p/min-p filters run on what is left: filtering first could leave a row with no
+    allowed token."""
 
-    def __init__(self, start: int, schemas: Sequence[str | None], tokenizer: Any, vocab: int,
+    def __init__(self, start: int, grammars: Sequence[str | None], tokenizer: Any, vocab: int,
                  eos: Sequence[int], filters: Sequence[Any] = ()):
         import llguidance
 
         ll = _ll_tokenizer(tokenizer, vocab, eos)
         self.start, self.vocab, self.filters, self.eos = start, vocab, list(filters), list(eos)
-        self.matchers = [None if schema is None
-                         else llguidance.LLMatcher(ll, grammar(schema), log_level=0)
-                         for schema in schemas]
+        self.matchers = [None if grammar is None
+                         else llguidance.LLMatcher(ll, grammar, log_level=0)
+                         for grammar in grammars]
         self.seen = 0  # output tokens consumed so far, per row
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:

@@ -144,7 +144,8 @@ class Engine:
         chosen = BY_NAME[self.strategy](self.runner)
         for sampling, items in groups.items():
             # A schema needs a logits processor, which only padded batches take.
-            constrained = any(item.prompt.settings.json_schema for item in items)
+            constrained = any(item.prompt.settings.json_schema or item.prompt.must_call
+                              for item in items)
             strategy: Strategy = (chosen if chosen.serves(sampling) and not constrained
                                   else StaticBatches(self.runner))
             yield from strategy.run(items, started)

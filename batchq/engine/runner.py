@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,20 @@ from batchq.engine.codec import PromptCodec
 from batchq.engine.device import Device
 from batchq.engine.planning import BatchBudget
 from batchq.engine.types import BatchOutput, BatchStats, GenerationSettings, WorkItem
+
+
+def row_grammar(item: WorkItem) -> str | None:
+    """What a row's decoding is held to: its schema's JSON, the tool calls it must make, or
+    nothing."""
+    from batchq.engine.schemas import grammar, tool_grammar
+
+    settings = item.prompt.settings
+    if settings.json_schema is not None:
+        return grammar(settings.json_schema)
+    if item.prompt.must_call and settings.tool_choice is not None:
+        return tool_grammar(json.dumps(list(map(dict, item.prompt.tools or ()))),
+                            settings.tool_choice)
+    return None
 
 
 class _OutputPenalties:
@@ -91,13 +106,13 @@ class ModelRunner:
             config.stop_strings = list(settings.stop)  # a thinking model's: _AnswerStops
         return config
 
-    def _constraint(self, width: int, schemas: list[str | None], settings: GenerationSettings,
-                    config: Any) -> Any:
+    def _constraint(self, width: int, grammars: list[str | None],
+                    settings: GenerationSettings, config: Any) -> Any:
         """The schemas' mask, then (sampling) top-k, top-p and min-p after it, not before:
         filtering first could leave a row no token its grammar allows."""
         from transformers import MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-        from batchq.engine.constraints import JsonConstraint
+        from batchq.engine.constraints import GrammarConstraint
 
         filters: list[Any] = []
         if not settings.greedy:
@@ -109,8 +124,8 @@ class ModelRunner:
                 filters.append(MinPLogitsWarper(settings.min_p))
             config.update(top_k=0, top_p=1.0, min_p=None)
         vocab = self.model.get_output_embeddings().weight.shape[0]
-        return JsonConstraint(width, schemas, self.codec.tokenizer, vocab, self.codec.eos_ids,
-                              filters)
+        return GrammarConstraint(width, grammars, self.codec.tokenizer, vocab,
+                                 self.codec.eos_ids, filters)
 
     def run_padded(self, items: list[WorkItem], per_row_limits: bool) -> BatchOutput:
         """One `generate` call over left-padded rows that share sampling settings. With
@@ -136,10 +151,10 @@ class ModelRunner:
         if settings.presence_penalty or settings.frequency_penalty:
             processors.append(_OutputPenalties(width, settings.presence_penalty,
                                                settings.frequency_penalty))
-        schemas = [item.prompt.settings.json_schema for item in items]
+        grammars = [row_grammar(item) for item in items]
         config = self.generation_config(settings, max(limits))
-        if any(schemas):
-            processors.append(self._constraint(width, schemas, settings, config))
+        if any(grammars):
+            processors.append(self._constraint(width, grammars, settings, config))
         if processors:
             extra["logits_processor"] = processors
         if per_row_limits and min(limits) != max(limits):

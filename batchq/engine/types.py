@@ -33,6 +33,7 @@ class GenerationSettings:
     frequency_penalty: float = 0.0
     thinking: bool | None = None  # the chat template's enable_thinking; None: its default
     json_schema: str | None = None  # canonical JSON of the schema the output must match
+    tool_choice: str | None = None  # with tools: auto, none, required or function:NAME
 
     @property
     def greedy(self) -> bool:
@@ -46,9 +47,9 @@ class GenerationSettings:
     @property
     def sampling(self) -> GenerationSettings:
         """Everything but the output limit, thinking (which changes only a prompt and how its
-        output is read) and the schema (each row has its own): prompts that agree on it may
-        share a batch."""
-        return replace(self, max_new_tokens=0, thinking=None, json_schema=None)
+        output is read), the schema and the tool choice (each row has its own grammar):
+        prompts that agree on it may share a batch."""
+        return replace(self, max_new_tokens=0, thinking=None, json_schema=None, tool_choice=None)
 
     @classmethod
     def merged(cls, job: Mapping[str, Any], line: Mapping[str, Any],
@@ -69,10 +70,21 @@ class GenerationSettings:
 @dataclass(frozen=True)
 class PromptIn:
     key: Hashable  # the caller's id for this prompt, handed back unchanged
-    messages: Sequence[Mapping[str, str]] | None = None  # rendered with the chat template
+    messages: Sequence[Mapping[str, Any]] | None = None  # rendered with the chat template
     text: str | None = None  # used as it is (raw completion)
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     token_ids: Sequence[int] | None = None  # already tokenized (benchmarks)
+    tools: Sequence[Mapping[str, Any]] | None = None  # OpenAI functions the model may call
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the template offers tools and the output is read for <tool_call> blocks."""
+        return bool(self.tools) and self.settings.tool_choice != "none"
+
+    @property
+    def must_call(self) -> bool:
+        """Whether decoding is held to tool calls (required, or one named function)."""
+        return self.calls_tools and self.settings.tool_choice not in (None, "auto")
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,8 @@ class Completion:
     # A thinking model's reasoning, apart from the answer in `text`; None when it had none.
     reasoning: str | None = None
     reasoning_tokens: int = 0
+    # The functions it called ({"name", "arguments": JSON text}), or None: no tool call.
+    tool_calls: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)

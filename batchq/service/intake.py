@@ -73,11 +73,13 @@ def check_line(raw: bytes, line_no: int, settings: Settings) -> Request:
         raise LineError(f"line is {len(raw)} bytes, over the limit of "
                         f"{settings.max_line_bytes} (BATCHQ_MAX_LINE_BYTES)")
     request = parse_line(raw, line_no)
-    schema = request.params.get("json_schema")
-    if schema is not None:
-        problem = schema_problem(schema)
+    schemas = [("body.response_format" if request.kind.openai else "json_schema",
+                request.params.get("json_schema"))]
+    schemas += [(f"body.tools[{i}].function.parameters", tool["function"]["parameters"])
+                for i, tool in enumerate(request.tools or ())]
+    for where, schema in schemas:
+        problem = None if schema is None else schema_problem(schema)
         if problem:
-            where = "body.response_format" if request.kind.openai else "json_schema"
             raise LineError(f"field '{where}': the schema cannot be enforced: {problem}",
                             "invalid_schema", where)
     return request

@@ -126,6 +126,8 @@ class Line(Base):
     # A thinking model's reasoning, apart from the answer in `output` (None: it had none).
     reasoning: Mapped[str | None] = mapped_column(SafeText)
     reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    # JSON list of the functions the answer called ({"name", "arguments"}); None: none.
+    tool_calls: Mapped[str | None] = mapped_column(SafeText)
     # GPU batches that started this line since it was submitted or retried. A pending line with
     # attempts was in a batch that never ended (crash, kill, error): it runs alone next time,
     # and fails once it reaches BATCHQ_MAX_ATTEMPTS.

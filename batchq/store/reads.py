@@ -111,12 +111,14 @@ def line_results(settings: Settings, job_id: str) -> Iterator[LineResult]:
         query = (select(Line.line_no, Line.custom_id, Line.kind, Line.status, Line.output,
                         Line.finish_reason, Line.error, Line.prompt_tokens,
                         Line.completion_tokens, Line.reasoning, Line.reasoning_tokens,
-                        Chunk.model)
+                        Chunk.model, Line.tool_calls)
                  .outerjoin(Chunk, (Chunk.job_id == Line.job_id) & (Chunk.seq == Line.chunk_seq))
                  .where(Line.job_id == job_id).order_by(Line.line_no)
                  .execution_options(yield_per=1000))
         for row in session.execute(query):
-            yield LineResult(*row)
+            fields = row._asdict()
+            calls = fields.pop("tool_calls")
+            yield LineResult(**fields, tool_calls=None if calls is None else json.loads(calls))
 
 
 def select_chunks(session: Session, *where: ColumnElement[bool]) -> list[ChunkRef]:

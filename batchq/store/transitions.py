@@ -62,6 +62,8 @@ class Outcome(Protocol):
     def reasoning(self) -> str | None: ...
     @property
     def reasoning_tokens(self) -> int: ...
+    @property
+    def tool_calls(self) -> list[dict[str, str]] | None: ...
 
 
 class Measured(Protocol):
@@ -189,7 +191,9 @@ class Transitions:
                                   completion_tokens=c.completion_tokens,
                                   reasoning=c.reasoning,
                                   reasoning_tokens=None if c.reasoning is None
-                                  else c.reasoning_tokens)
+                                  else c.reasoning_tokens,
+                                  tool_calls=None if c.tool_calls is None
+                                  else json.dumps(c.tool_calls, ensure_ascii=False))
                 else:  # a JSON cut off by the output limit keeps its finish reason and tokens
                     values.update(status=LineStatus.FAILED, error=c.error,
                                   finish_reason=c.finish_reason,
@@ -310,7 +314,7 @@ class Transitions:
             lines = changed_rows(session, update(Line).where(*runnable).values(
                 status=LineStatus.PENDING, attempts=0, error=None, output=None,
                 finish_reason=None, prompt_tokens=None, completion_tokens=None, reasoning=None,
-                reasoning_tokens=None, started_at=None, finished_at=None))
+                reasoning_tokens=None, tool_calls=None, started_at=None, finished_at=None))
             session.execute(update(Chunk).where(Chunk.job_id == job.id, Chunk.seq.in_(seqs))
                             .values(**_requeued(now), finished_at=None))
             job.status = JobStatus.QUEUED

@@ -24,15 +24,39 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 151643, 
 QWEN25_VOCAB = 151936
 DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
-# Qwen2.5's ChatML template, without its tool-calling branches.
+# Qwen2.5-Instruct's chat template (its tokenizer_config.json), tool calling included.
 CHAT_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
+    "{%- else %}{{- '" + DEFAULT_SYSTEM + "' }}{%- endif %}"
+    "{{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query."
+    "\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": "
+    "<function-name>, \\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}"
+    "{%- else %}"
     "{%- if messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
     "{%- else %}{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if not (loop.first and message['role'] == 'system') %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}{%- endfor %}"
+    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
+    "(message.role == 'assistant' and not message.tool_calls) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- elif message.role == 'assistant' %}{{- '<|im_start|>' + message.role }}"
+    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{{- '\\n<tool_call>\\n{\"name\": \"' }}{{- tool_call.name }}{{- '\", \"arguments\": ' }}"
+    "{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != 'tool') %}"
+    "{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' }}{{- message.content }}{{- '\\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
@@ -54,24 +78,23 @@ QWEN3_CHAT_TEMPLATE = (
     "{%- if enable_thinking is defined and enable_thinking is false %}"
     "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
 )
-# The tokens Qwen3 adds after Qwen2.5's three, in id order from 151646: <think> is 151667.
-QWEN3_ADDED = (
+# Qwen2.5's added tokens after its three special ones, in id order from 151646
+# (<tool_call> is 151657); Qwen3 adds four more (<think> is 151667).
+QWEN25_ADDED = (
     "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
     "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
     "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>",
-    "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-    "<tool_response>", "</tool_response>", "<think>", "</think>")
+    "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")
+QWEN3_ADDED = ("<tool_response>", "</tool_response>", "<think>", "</think>")
 # What the scripted Qwen3 says, thinking first: each token decides the next (see below).
 THINKING_SCRIPT = ("\n", "<think>", "Okay, the user wants a count", "</think>", "\n\n", "Three.",
                    "<|im_end|>")
 
 
 def qwen3_tokenizer():
-    """Qwen3's tokenizer: Qwen2.5's BPE, Qwen3's added tokens and its thinking template."""
-    from tokenizers import AddedToken
-
+    """Qwen3's tokenizer: Qwen2.5's, Qwen3's added tokens and its thinking template."""
     tokenizer = qwen_tokenizer()
-    tokenizer.add_tokens([AddedToken(t, special=t.startswith("<|")) for t in QWEN3_ADDED])
+    _add(tokenizer, QWEN3_ADDED)
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     return tokenizer
 
@@ -87,10 +110,18 @@ def qwen_tokenizer():
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, chat_template=CHAT_TEMPLATE, model_max_length=32768)
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    _add(tokenizer, QWEN25_ADDED)
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def _add(tokenizer: Any, tokens: tuple[str, ...]) -> None:
+    """Added tokens in id order, special as Qwen marks them: the <|...|> ones."""
+    from tokenizers import AddedToken
+
+    tokenizer.add_tokens([AddedToken(t, special=t.startswith("<|")) for t in tokens])
 
 
 def make_tiny_model(directory: str | Path, *, hidden_size: int = 64, layers: int = 2,

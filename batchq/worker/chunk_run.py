@@ -39,7 +39,7 @@ def _prompt(job_settings: dict[str, Any], line: ClaimedLine,
             model_sampling: dict[str, Any] | None) -> PromptIn:
     request = Request.from_row(line.custom_id, line.kind, line.request)
     settings = GenerationSettings.merged(job_settings, request.params, model_sampling)
-    return PromptIn(line.id, request.messages, request.text, settings)
+    return PromptIn(line.id, request.messages, request.text, settings, tools=request.tools)
 
 
 class ChunkRun:
