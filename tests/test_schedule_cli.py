@@ -23,9 +23,12 @@ def docs(tmp_path):
 def test_add_list_show_pause_resume_remove(embedded_env, docs, tmp_path):
     env = embedded_env
     (tmp_path / "t.j2").write_text("For {{ team }}: summarise {{ filename }}\n\n{{ document }}")
+    (tmp_path / "s.json").write_text('{"type": "object", "properties": {"topic": {"type": '
+                                     '"string"}}, "required": ["topic"]}')
     added = batchq("schedule", "add", "nightly", "--cron", "0 2 * * *", "--tz",
                    "Europe/Belgrade", "--source", str(docs), "--template", str(tmp_path / "t.j2"),
-                   "--var", "team=ops", *MODEL, "--max-new-tokens", "64", env=env)
+                   "--var", "team=ops", *MODEL, "--max-new-tokens", "64", "--json-schema",
+                   str(tmp_path / "s.json"), "--thinking", "off", env=env)
     assert added.returncode == 0, added.stderr
     assert "At 02:00 AM (Europe/Belgrade); next " in added.stderr
     assert batchq("schedule", "add", "fast", "--every", "30s", "--source", str(docs),
@@ -38,6 +41,8 @@ def test_add_list_show_pause_resume_remove(embedded_env, docs, tmp_path):
     assert "paused (disk full)" in batchq("schedule", "list", env=env).stdout
     shown = batchq("schedule", "show", "nightly", "--next", "2", env=env).stdout
     assert "when      At 02:00 AM (Europe/Belgrade)" in shown and "overlap skip" in shown
+    # Each night's job is submitted with these: valid JSON per document, no thinking.
+    assert "settings  max_new_tokens 64, thinking False, json_schema (" in shown
     assert shown.count("T01:00:00+00:00") + shown.count("T00:00:00+00:00") == 2  # UTC
     assert batchq("schedule", "resume", "fast", env=env).returncode == 0
     assert "paused" not in batchq("schedule", "list", env=env).stdout

@@ -102,6 +102,13 @@ def schedule_list() -> None:
                    f"{(iso(last.scheduled_for) if last else '-'):<25}  {state}")
 
 
+def _generation_line(generation: dict[str, object]) -> list[str]:
+    """The generation settings a schedule's runs are submitted with (a schema by its size)."""
+    shown = [f"json_schema ({len(str(v))} chars)" if k == "json_schema" else f"{k} {v}"
+             for k, v in generation.items()]
+    return [f"settings  {', '.join(shown)}"] if shown else []
+
+
 @schedule.command("show")
 @click.argument("name")
 @click.option("--next", "next_n", type=click.IntRange(0, 100), default=5, show_default=True)
@@ -121,6 +128,7 @@ def schedule_show(name: str, next_n: int, history_n: int) -> None:
              f"source    {s.source_dir} ({s.glob})",
              f"prompt    {s.template_path or repr(s.prompt)}",
              f"model     {s.model}" + (f" ({s.quant})" if s.quant else ""),
+             *_generation_line(s.options.get("generation", {})),
              f"output    {s.output_dir}/{s.name}/",
              f"policies  overlap {s.overlap}, catch-up {s.catch_up} within "
              f"{s.catch_up_window_seconds}s, long documents: {s.options.get('long', 'split')}",
