@@ -94,7 +94,7 @@ def test_request_survives_storage_roundtrip():
     (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "n": 2}}', "field 'body.n': 2 is not supported"),
     (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 2.5}}', "body.frequency_penalty': 2.5 is outside -2.0..2.0"),
     (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "grammar"}}}', "field 'body.response_format': expected type text, json_object or json_schema"),
-    (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "tools": []}}', "field 'body.tools' is not supported; batchq honours messages, model"),
+    (b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}}}', "field 'body.logit_bias' is not supported; batchq honours messages, model"),
     (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "echo": true}}', "field 'body.echo' is not supported; batchq honours prompt"),
     (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x"}, "extra": 1}', "unknown field 'extra'"),
     (b'{"custom_id": "a", "url": "/v1/completions", "body": {"prompt": "x", "logprobs": 2}}', "field 'body.logprobs': 2 is not supported"),

@@ -34,6 +34,7 @@ class Out:  # what the engine hands back for a line (batchq.engine.Completion's 
     error: str | None = None
     reasoning: str | None = None
     reasoning_tokens: int = 0
+    tool_calls: list | None = None
 
 
 @dataclass(frozen=True)
