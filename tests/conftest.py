@@ -18,7 +18,7 @@ import pytest
 
 from batchq.testing import WorkerProcess, stop_all, wait_for
 
-__all__ = ["BATCHQ", "batchq", "free_port", "scrape", "wait_for"]
+__all__ = ["BATCHQ", "batchq", "free_port", "scrape", "sql", "wait_for"]
 
 PG_ADMIN_URL = os.environ.get("BATCHQ_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 # One Redis database per test process (pytest-xdist runs several): 11 alone, 13 and up with
@@ -69,6 +69,18 @@ def scrape(url: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             samples[key] = float(value)
     return samples
+
+
+def sql(env: dict[str, str], query: str, **params: object) -> list:
+    """A query on the database a test's CLI uses (BATCHQ_DATABASE_URL), its rows as a list."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env["BATCHQ_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(query), params).all())
+    finally:
+        engine.dispose()
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from batchq.testing import check_exactly_once
-from tests.conftest import BATCHQ, batchq, wait_for
+from tests.conftest import BATCHQ, batchq, sql, wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.services]
 
@@ -45,15 +45,6 @@ def submit(env, tiny_model, path, *extra):
                  *extra, env=env)
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
-
-
-def sql(env, query, **params):
-    engine = create_engine(env["BATCHQ_DATABASE_URL"])
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(query), params).all()
-    finally:
-        engine.dispose()
 
 
 def succeeded(env, job):

@@ -10,8 +10,8 @@ import re
 import pytest
 
 from batchq.testing import check_exactly_once
-from tests.conftest import batchq, wait_for
-from tests.test_faults import job_status, sql, succeeded, wait_final, write_rows
+from tests.conftest import batchq, sql, wait_for
+from tests.test_faults import job_status, succeeded, wait_final, write_rows
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 

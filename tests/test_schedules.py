@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from tests.conftest import BATCHQ, REPO, batchq, wait_for
+from tests.conftest import BATCHQ, REPO, batchq, sql, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -61,15 +60,6 @@ def folder(tmp_path) -> Path:
                        for i in range(120))
     (docs / "long.txt").write_text(long)  # ~13,000 tokens; the tiny model's context is 4,096
     return docs
-
-
-def sql(env: dict[str, str], query: str, **params: object) -> list:
-    engine = create_engine(env["BATCHQ_DATABASE_URL"])
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(query), params).all()
-    finally:
-        engine.dispose()
 
 
 def beat(env: dict[str, str], log: Path) -> subprocess.Popen:
