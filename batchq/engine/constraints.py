@@ -50,21 +50,22 @@ class GrammarConstraint:
         import llguidance.torch
         import torch
 
-        output = input_ids[:, self.start:].tolist()
+        # Only the tokens generated since the last step are new to the matchers.
+        fresh = input_ids[:, self.start + self.seen:].tolist()
         bitmask = llguidance.torch.allocate_token_bitmask(len(self.matchers), self.vocab)
         rows, ended = [], []
         for row, matcher in enumerate(self.matchers):
             if matcher is None:
                 continue  # a free row
             if not (matcher.is_stopped() or matcher.is_error()):
-                for token in output[row][self.seen:]:
+                for token in fresh[row]:
                     matcher.consume_token(token)
             if matcher.is_stopped() or matcher.is_error():
                 ended.append(row)  # the JSON is whole: only an end token may follow
                 continue
             llguidance.torch.fill_next_token_bitmask(matcher, bitmask, row)
             rows.append(row)
-        self.seen = len(output[0]) if output else 0
+        self.seen += len(fresh[0]) if fresh else 0
         if rows:
             index = torch.tensor(rows, device=scores.device)
             masked = scores[index]
