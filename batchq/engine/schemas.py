@@ -17,12 +17,18 @@ def schema_problem(schema: Any) -> str | None:
     """Why a schema cannot constrain decoding (a keyword llguidance does not implement, a
     malformed schema), or None. Nothing is relaxed: a schema that would only be partly
     enforced is refused."""
-    import llguidance
-
     if not isinstance(schema, dict):
         return "a JSON schema is an object"
+    # An extraction file repeats one schema on every line: each is compiled once.
+    return _problem(json.dumps(schema))
+
+
+@lru_cache(maxsize=256)
+def _problem(schema_json: str) -> str | None:
+    import llguidance
+
     try:
-        compiled = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_COMPILE)
+        compiled = llguidance.LLMatcher.grammar_from_json_schema(schema_json, defaults=_COMPILE)
     except ValueError as exc:
         return str(exc)
     error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(compiled)
