@@ -1,0 +1,16 @@
+"""JSONL line formats in (lines: the three shapes; chat: OpenAI chat extras; fields: the
+checks), result formats out (results). Import from here."""
+
+from batchq.formats.fields import PARAM_KEYS, LineError
+from batchq.formats.lines import (
+    OPENAI_URLS,
+    LineKind,
+    Request,
+    iter_raw_lines,
+    openai_kind,
+    parse_line,
+)
+from batchq.formats.results import JSON_INCOMPLETE, LineResult, render_result
+
+__all__ = ["JSON_INCOMPLETE", "OPENAI_URLS", "PARAM_KEYS", "LineError", "LineKind", "LineResult",
+           "Request", "iter_raw_lines", "openai_kind", "parse_line", "render_result"]

@@ -1,0 +1,220 @@
+"""JSONL line formats in. Three input shapes, mixable in one file:
+  {"prompt": "..."}                       sent through the chat template as one user message
+  {"messages": [{"role", "content"}...]}  a chat
+  {"custom_id", "method": "POST", "url": "/v1/chat/completions" | "/v1/completions", "body": {...}}
+                                          an OpenAI batch request line
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import IO, Any
+
+from batchq.formats.chat import (
+    CHAT_ONLY_KEYS,
+    parse_messages,
+    parse_response_format,
+    parse_template_kwargs,
+    parse_tool_choice,
+    parse_tools,
+)
+from batchq.formats.fields import (
+    PARAM_KEYS,
+    LineError,
+    as_bool,
+    as_schema,
+    nonempty_str,
+    parse_params,
+    type_name,
+)
+
+
+class LineKind(StrEnum):
+    """The shape a line came in, which is also the shape its result goes out in."""
+
+    PROMPT = "prompt"
+    MESSAGES = "messages"
+    OPENAI_CHAT = "openai-chat"
+    OPENAI_COMPLETION = "openai-completion"
+    INVALID = "invalid"  # refused by `submit --skip-invalid`: stored failed, never run
+
+    @property
+    def openai(self) -> bool:
+        return self in (LineKind.OPENAI_CHAT, LineKind.OPENAI_COMPLETION)
+
+
+OPENAI_URLS = {"/v1/chat/completions": LineKind.OPENAI_CHAT,
+               "/v1/completions": LineKind.OPENAI_COMPLETION}
+PLAIN_KEYS = {"prompt", "messages", "custom_id", "model", "enable_thinking", "json_schema",
+              *PARAM_KEYS}
+OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
+# Body fields honoured only at the value that changes nothing (any other value is refused by
+# name): one choice, no streaming, no log probabilities, plain text out.
+OPENAI_NEUTRAL = {"n": (1,), "stream": (False, None), "logprobs": (False, None),
+                  "stream_options": (None,)}
+# `user` labels the caller for OpenAI's abuse monitoring; it changes no output.
+OPENAI_BODY_KEYS = {"model", "user", "response_format", *PARAM_KEYS, *OPENAI_NEUTRAL}
+
+
+def openai_kind(url: str) -> LineKind | None:
+    """The kind of an OpenAI request url; Azure's spelling, without /v1, is the same endpoint."""
+    return OPENAI_URLS.get(url if url.startswith("/v1/") else "/v1" + url)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated input line, normalised. Stored as JSON; never sent through the broker."""
+
+    custom_id: str
+    kind: LineKind
+    messages: list[dict[str, Any]] | None = None  # chat kinds
+    text: str | None = None  # raw completion prompt (openai-completion): no chat template
+    params: dict[str, Any] = field(default_factory=dict)  # only what the line set itself
+    model: str | None = None  # as the line named it (`model`, or OpenAI lines' body.model)
+    tools: list[dict[str, Any]] | None = None  # OpenAI chat lines' functions the model may call
+
+    def to_json(self) -> str:
+        body: dict[str, Any] = {"params": self.params}
+        if self.tools is not None:
+            body["tools"] = self.tools
+        if self.messages is not None:
+            body["messages"] = self.messages
+        if self.text is not None:
+            body["text"] = self.text
+        if self.model is not None:
+            body["model"] = self.model
+        return json.dumps(body, ensure_ascii=False)
+
+    @classmethod
+    def from_row(cls, custom_id: str, kind: str, stored: str) -> Request:
+        body = json.loads(stored)
+        return cls(custom_id, LineKind(kind), body.get("messages"), body.get("text"),
+                   body["params"], body.get("model"), body.get("tools"))
+
+
+def _reject_constant(name: str) -> float:
+    raise LineError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def iter_raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the line end) for every non-blank line, read as a stream."""
+    for line_no, raw in enumerate(stream, start=1):
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        raw = raw.rstrip(b"\r\n")
+        if raw.strip():
+            yield line_no, raw
+
+
+def parse_line(raw: bytes, line_no: int) -> Request:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LineError(f"not valid UTF-8 (byte {exc.start + 1})") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise LineError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise LineError(f"expected a JSON object, got {type_name(obj)}")
+    if "url" in obj or "body" in obj or "method" in obj:
+        return _parse_openai(obj, line_no)
+    return _parse_plain(obj, line_no)
+
+
+def _parse_plain(obj: dict[str, Any], line_no: int) -> Request:
+    unknown = sorted(set(obj) - PLAIN_KEYS)
+    if unknown:
+        raise LineError(
+            f"unknown field {unknown[0]!r} (allowed: prompt or messages, custom_id, model, "
+            + ", ".join(PARAM_KEYS) + ", enable_thinking, json_schema)"
+        )
+    custom_id = _custom_id(obj, line_no)
+    params = parse_params(obj, "")
+    if obj.get("enable_thinking") is not None:
+        params["thinking"] = as_bool(obj["enable_thinking"], "enable_thinking")
+    if obj.get("json_schema") is not None:
+        params["json_schema"] = as_schema(obj["json_schema"], "json_schema")
+    if "prompt" in obj and "messages" in obj:
+        raise LineError("give either 'prompt' or 'messages', not both")
+    model = nonempty_str(obj["model"], "model") if obj.get("model") is not None else None
+    if "prompt" in obj:
+        prompt = nonempty_str(obj["prompt"], "prompt")
+        return Request(custom_id, LineKind.PROMPT, [{"role": "user", "content": prompt}], None,
+                       params, model)
+    if "messages" in obj:
+        return Request(custom_id, LineKind.MESSAGES, parse_messages(obj["messages"], "messages"),
+                       None, params, model)
+    raise LineError("missing 'prompt' or 'messages' (or an OpenAI batch line with 'url' and 'body')")
+
+
+def _parse_openai(obj: dict[str, Any], line_no: int) -> Request:
+    if "custom_id" not in obj:
+        raise LineError("OpenAI batch line without 'custom_id'")
+    custom_id = _custom_id(obj, line_no)
+    method = obj.get("method", "POST")
+    if method != "POST":
+        raise LineError(f"field 'method': only POST is supported, got {method!r}")
+    url = obj.get("url")
+    kind = openai_kind(url) if isinstance(url, str) else None
+    if kind is None:
+        raise LineError(f"field 'url': unsupported {url!r} (use {' or '.join(OPENAI_URLS)})")
+    unknown = sorted(set(obj) - OPENAI_LINE_KEYS)
+    if unknown:
+        raise LineError(f"unknown field {unknown[0]!r} (an OpenAI batch line has "
+                        "custom_id, method, url and body)", param=unknown[0])
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise LineError(f"field 'body': expected an object, got {type_name(body)}")
+    text = "messages" if kind is LineKind.OPENAI_CHAT else "prompt"
+    if text not in body:
+        raise LineError(f"field 'body.{text}' is missing", param=f"body.{text}")
+    _refuse_unhonoured(body, text)
+    params = parse_params(body, "body.")
+    if body.get("chat_template_kwargs") is not None:
+        params.update(parse_template_kwargs(body["chat_template_kwargs"]))
+    if body.get("response_format") is not None:
+        schema = parse_response_format(body["response_format"])
+        if schema is not None:
+            params["json_schema"] = schema
+    model = nonempty_str(body["model"], "body.model") if "model" in body else None
+    if kind is LineKind.OPENAI_CHAT:
+        tools = parse_tools(body)
+        if tools is not None:
+            params["tool_choice"] = parse_tool_choice(body.get("tool_choice"), tools)
+        elif body.get("tool_choice") not in (None, "none"):
+            raise LineError("field 'body.tool_choice': there are no body.tools to choose from",
+                            param="body.tool_choice")
+        return Request(custom_id, kind, parse_messages(body["messages"], "body.messages", True),
+                       None, params, model, tools)
+    return Request(custom_id, kind, None, nonempty_str(body["prompt"], "body.prompt"), params,
+                   model)
+
+
+def _refuse_unhonoured(body: dict[str, Any], text: str) -> None:
+    """Every body field is honoured or refused by name: none is silently dropped."""
+    for key, value in body.items():
+        where = f"body.{key}"
+        if key in OPENAI_NEUTRAL:
+            if value not in OPENAI_NEUTRAL[key]:
+                shown = json.dumps(value)[:60]
+                raise LineError(f"field '{where}': {shown} is not supported (batchq gives one "
+                                "plain-text answer per line, not streamed, without logprobs)",
+                                param=where)
+        elif key not in OPENAI_BODY_KEYS and key != text and not (
+                key in CHAT_ONLY_KEYS and text == "messages"):
+            extra = ", " + ", ".join(CHAT_ONLY_KEYS) if text == "messages" else ""
+            raise LineError(f"field '{where}' is not supported; batchq honours {text}, model, "
+                            + ", ".join(PARAM_KEYS) + f", user{extra}", param=where)
+
+
+def _custom_id(obj: dict[str, Any], line_no: int) -> str:
+    if "custom_id" not in obj:
+        return f"line-{line_no}"
+    value = obj["custom_id"]
+    if not isinstance(value, str) or not value:
+        raise LineError(f"field 'custom_id': expected a non-empty string, got {type_name(value)}")
+    return value
