@@ -11,6 +11,7 @@ from batchq.engine import Engine, GenerationSettings, PromptIn
 from batchq.errors import InputError
 from batchq.service import validate_file
 from tests.conftest import batchq
+from tests.test_engine import run
 
 INVOICE = {"type": "object", "properties": {
     "vendor": {"type": "string", "maxLength": 20},
@@ -37,10 +38,6 @@ def line(key, schema, **settings):
     return PromptIn(key, [{"role": "user", "content": f"Document {key}: extract it."}],
                     settings=GenerationSettings.merged({"max_new_tokens": 80},
                                                        {"json_schema": schema, **settings}))
-
-
-def run(engine, prompts):
-    return {c.key: c for batch in engine.generate(prompts) for c in batch.completions}
 
 
 def test_every_output_parses_and_validates_alone_or_batched(engine):

@@ -58,9 +58,10 @@ class _AnswerStops:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        done = [any(stop in self.codec.answer_tail(item.ids, row[self.start:], self.tail)
+        output = input_ids[:, self.start:].tolist()  # the prompts are not read again
+        done = [any(stop in self.codec.answer_tail(item.ids, row, self.tail)
                     for stop in self.stops)
-                for item, row in zip(self.items, input_ids.tolist(), strict=True)]
+                for item, row in zip(self.items, output, strict=True)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

@@ -115,9 +115,8 @@ def store_checked(settings: Settings, source: str, reopen: Reopen, checked: Chec
     from batchq.queue.publish import check_broker  # Celery: only where a message is sent
 
     chunk_of = chunk_by_size(checked.sizes, settings.chunk_size, checked.variant_of)
-    variants = checked.variants or [variant]
-    variant_of_chunk = {seq: variants[checked.variant_of[i]] if checked.variant_of else variant
-                        for i, seq in enumerate(chunk_of)}
+    variants = checked.variants or [variant]  # no router (an HTTP batch): every line's is 0
+    variant_of_chunk = {seq: variants[checked.variant_of[i]] for i, seq in enumerate(chunk_of)}
     checked.sizes = array("q")
     check_broker(settings)
     with reopen() as stream:
