@@ -1,24 +1,78 @@
-"""The planner's batches respect their budgets, cover every prompt once and keep padding low."""
+"""The planner's batches respect their budgets, cover every prompt once and keep padding low;
+the cost-minimising plan is never costlier than the greedy one; the cost model is fitted from
+timings."""
 
 import random
 
 import pytest
 
-from batchq.engine.planning import BatchBudget, batch_cost, plan_batches
+from batchq.engine.costs import ASSUMED, CostModel, calibration_shapes, fit
+from batchq.engine.planning import (
+    BatchBudget,
+    batch_cost,
+    plan_batches,
+    plan_greedy,
+    plan_optimal,
+    plan_seconds,
+)
+
+# Costs measured on the development machine for two model sizes (worker start-up lines), and a
+# GPU-like shape where a step is nearly free next to the rows it carries.
+COSTS = [ASSUMED,
+         CostModel(per_step=6e-3, per_row_step=9e-4, per_prompt_token=3e-6, per_context_token=3e-9),
+         CostModel(per_step=1.2e-2, per_row_step=2.5e-3, per_prompt_token=5e-5,
+                   per_context_token=3e-9),
+         CostModel(per_step=1e-4, per_row_step=1e-6, per_prompt_token=1e-7, per_context_token=0)]
+
+
+def _mix(rng):
+    n = rng.randint(1, 300)
+    lengths = [min(2048, int(16 * rng.paretovariate(1.1))) if rng.random() < 0.5
+               else int(2 ** rng.uniform(4, 11)) for _ in range(n)]
+    limits = rng.choice([rng.choice([16, 64, 512]), [int(2 ** rng.uniform(4, 9)) for _ in range(n)]])
+    budget = BatchBudget(max_tokens=rng.choice([2048, 8192, 65536]), max_rows=rng.choice([1, 8, 64]))
+    return lengths, limits, budget
+
+
+def _within_budget(batches, lengths, limits, budget):
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= budget.max_rows
+        if len(batch) > 1:
+            rows_limits = limits if isinstance(limits, int) else [limits[i] for i in batch]
+            assert batch_cost([lengths[i] for i in batch], rows_limits) <= budget.max_tokens
 
 
 @pytest.mark.parametrize("seed", range(25))
 def test_batches_cover_every_prompt_once_within_budget(seed):
     rng = random.Random(seed)
-    lengths = [int(2 ** rng.uniform(4, 11)) for _ in range(rng.randint(1, 300))]
-    max_new = rng.choice([16, 64, 512])
-    budget = BatchBudget(max_tokens=rng.choice([2048, 8192, 65536]), max_rows=rng.choice([1, 8, 64]))
-    batches = plan_batches(lengths, max_new, budget)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for batch in batches:
-        assert len(batch) <= budget.max_rows
-        if len(batch) > 1:
-            assert batch_cost([lengths[i] for i in batch], max_new) <= budget.max_tokens
+    lengths, limits, budget = _mix(rng)
+    _within_budget(plan_batches(lengths, limits, budget), lengths, limits, budget)
+    _within_budget(plan_batches(lengths, limits, budget, rng.choice(COSTS)), lengths, limits,
+                   budget)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_optimal_plan_never_costs_more_than_the_greedy_one(seed):
+    rng = random.Random(1000 + seed)
+    lengths, limits, budget = _mix(rng)
+    for cost in COSTS:
+        optimal = plan_seconds(plan_optimal(lengths, limits, budget, cost), lengths, limits, cost)
+        greedy = plan_seconds(plan_greedy(lengths, limits, budget), lengths, limits, cost)
+        assert optimal <= greedy * (1 + 1e-9)
+
+
+def test_a_long_prompt_among_short_ones_gets_a_batch_of_its_own_when_padding_costs_more():
+    # One 2,000-token prompt and 15 short ones, a 16-token output: padding the short ones to
+    # 2,000 tokens costs far more than the extra decode steps of a second batch.
+    lengths = [2000] + [20] * 15
+    cost = COSTS[2]
+    budget = BatchBudget(max_tokens=10**6, max_rows=32)
+    assert plan_greedy(lengths, 16, budget) == [list(range(16))]
+    assert plan_optimal(lengths, 16, budget, cost) == [[0], list(range(1, 16))]
+    # Where a decode step is what costs, the same prompts stay together.
+    steps = CostModel(per_step=1.0, per_row_step=0, per_prompt_token=1e-9, per_context_token=0)
+    assert len(plan_optimal(lengths, 16, budget, steps)) == 1
 
 
 def test_sorted_batches_pad_less_than_arrival_order():
@@ -34,4 +88,25 @@ def test_sorted_batches_pad_less_than_arrival_order():
 
 
 def test_a_prompt_over_budget_runs_alone_longest_first():
-    assert plan_batches([10, 5000, 20], 100, BatchBudget(max_tokens=1000, max_rows=8)) == [[1], [2, 0]]
+    budget = BatchBudget(max_tokens=1000, max_rows=8)
+    assert plan_batches([10, 5000, 20], 100, budget) == [[1], [2, 0]]
+    assert plan_batches([10, 5000, 20], 100, budget, ASSUMED) == [[1], [2, 0]]
+
+
+def test_the_cost_model_is_fitted_back_from_timings_of_its_shapes():
+    truth = CostModel(per_step=6e-3, per_row_step=9e-4, per_prompt_token=4e-6,
+                      per_context_token=2e-9)
+    shapes = calibration_shapes(max_rows=32, max_tokens=16384)
+    fitted = fit([(r, w, s, truth.batch_seconds(r, w, s)) for r, w, s in shapes])
+    assert fitted.measured
+    for name in ("per_step", "per_row_step", "per_prompt_token", "per_context_token"):
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-6)
+    # Timings no term explains (or noise making one negative) never give a negative cost.
+    noisy = fit([(r, w, s, 0.01 + (0.005 if i % 2 else 0)) for i, (r, w, s) in enumerate(shapes)])
+    assert min(noisy.per_step, noisy.per_row_step, noisy.per_prompt_token,
+               noisy.per_context_token) >= 0
+
+
+def test_calibration_shapes_fit_a_small_budget():
+    for rows, width, steps in calibration_shapes(max_rows=4, max_tokens=600):
+        assert rows <= 4 and rows * (width + steps) <= 600

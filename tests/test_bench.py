@@ -27,6 +27,42 @@ def test_workload_is_log_uniform_within_its_ranges_and_fixed_by_its_seed():
     assert all(200 <= t < 150_000 for p in prompts[:20] for t in p.token_ids)
 
 
+def test_heavy_tailed_mix_is_mostly_short_with_a_few_very_long_prompts():
+    lengths = [len(p.token_ids) for p in Workload(prompts=2000, seed=2, mix="heavy-tailed").build()]
+    assert min(lengths) >= 16 and max(lengths) == 2048
+    assert sorted(lengths)[1000] < 40  # the median is short
+    assert 0.01 < sum(n > 500 for n in lengths) / len(lengths) < 0.05  # the tail is long
+    uniform = [len(p.token_ids) for p in Workload(prompts=2000, seed=2, mix="uniform").build()]
+    assert 0.45 < sum(n < 1032 for n in uniform) / len(uniform) < 0.55
+
+
+def test_bench_runs_the_users_own_workload_file(tiny_model, embedded_env, tmp_path):
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("\n".join(json.dumps(line) for line in [
+        {"custom_id": "short", "messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 5},
+        {"custom_id": "long", "messages": [{"role": "user", "content": "word " * 300}],
+         "max_new_tokens": 3},
+        {"custom_id": "raw", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "x", "prompt": "Once upon a time", "max_tokens": 7}}]) + "\n")
+    out = tmp_path / "bench.json"
+    res = batchq("bench", str(tiny_model), "--workload", str(mine), "--ignore-eos",
+                 "--strategies", "naive,static,auto", "--json", str(out), env=embedded_env)
+    assert res.returncode == 0, res.stderr
+    assert f"3 prompts of {mine}" in res.stderr and "cost model (measured)" in res.stderr
+    assert "outputs identical across strategies: yes" in res.stdout
+    report = json.loads(out.read_text())
+    assert report["workload"] == {"file": str(mine), "prompts": 3}
+    assert report["cost_model"]["measured"] is True
+    for s in report["strategies"]:  # each line's own limit, every row run to it
+        assert s["prompts"] == 3 and s["completion_tokens"] == 5 + 3 + 7
+
+    mine.write_text('{"custom_id": "a", "prompt": "fine"}\n{"custom_id": "b", "max_new_tokens": 4}\n')
+    res = batchq("bench", str(tiny_model), "--workload", str(mine), env=embedded_env)
+    assert res.returncode == 3 and "Traceback" not in res.stderr
+    assert f"{mine}: 1 invalid line(s); nothing was run" in res.stderr
+    assert f"{mine}:2:" in res.stderr and "loading" not in res.stderr
+
+
 def test_bench_compares_every_strategy_on_the_same_prompts(tiny_model, embedded_env, tmp_path):
     out = tmp_path / "bench.json"
     schema = tmp_path / "schema.json"
@@ -84,6 +120,7 @@ def test_bench_system_runs_the_workload_as_a_real_job(tiny_model, embedded_env, 
     (["--random-weights", "qwen9-huge"], "no architecture 'qwen9-huge' for random weights"),
     (["MODEL", "--strategies", "static,fastest"], "--strategies: unknown fastest"),
     (["MODEL", "--prompt-tokens", "50", "10"], "--prompt-tokens: the low end 50 is above"),
+    (["MODEL", "--mix", "zipf"], "--mix: unknown 'zipf'; choose one of log-uniform, uniform"),
 ])
 def test_bench_refuses_bad_options_in_one_line(tiny_model, embedded_env, args, fragment):
     args = [str(tiny_model) if a == "MODEL" else a for a in args]

@@ -18,7 +18,7 @@ def test_every_shipped_profile_parses_and_names_a_known_model():
         variant = resolve(prof["model"], prof.get("quant"))
         assert variant.entry is not None, path  # a catalogue model, so its queue is well known
         assert all(prof.get(k, 1) > 0 for k in ("max_batch_tokens", "max_batch_rows"))
-        assert prof.get("strategy", "static") in ("static", "continuous")
+        assert prof.get("strategy", "auto") in ("auto", "static", "continuous")
 
 
 @pytest.mark.parametrize("profile, code, fragment", [

@@ -71,6 +71,11 @@ def make_tiny_model(directory: str, arch: str) -> None:
               show_default=True, help="Range of prompt lengths (log-uniform).")
 @click.option("--output-tokens", type=(click.IntRange(1), click.IntRange(1)), default=(16, 512),
               show_default=True, help="Range of output limits (log-uniform).")
+@click.option("--mix", default="log-uniform", show_default=True,
+              help="How prompt lengths spread over --prompt-tokens: log-uniform, uniform or "
+                   "heavy-tailed.")
+@click.option("--workload", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Your own JSONL (as batchq submit takes it) instead of a synthetic mix.")
 @click.option("--ignore-eos/--stop-at-eos", default=None,
               help="Generate every row to its limit (default: on with --random-weights).")
 @click.option("--strategies", default="naive,static,continuous", show_default=True,

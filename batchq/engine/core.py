@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 def default_strategy(device: str) -> str:
-    """The strategy that measured fastest on this kind of device (README, Performance)."""
-    return "static"
+    """Static batches or continuous batching per group, whichever the measured cost model
+    predicts is faster (batchq.engine.strategies.auto)."""
+    return "auto"
 
 
 def _ignore(keys: list[Any]) -> None:
@@ -60,17 +61,26 @@ class Engine:
     def load(cls, model_ref: str, quant: str = "none", device: str | None = None,
              budget: BatchBudget | None = None, strategy: str | None = None, *,
              ignore_eos: bool = False, max_batch_tokens: int | None = None,
-             max_batch_rows: int | None = None) -> Engine:
+             max_batch_rows: int | None = None, calibrate: bool = True) -> Engine:
         """Load once per worker. The budget is `budget`, else sized from the device's free
-        memory; max_batch_tokens and max_batch_rows (a profile, an option) override its parts."""
+        memory; max_batch_tokens and max_batch_rows (a profile, an option) override its parts.
+        With `calibrate`, the batch cost model is measured on the device (about a second on a
+        CPU with a tiny model); continuous batching is priced on a GPU only, since on a CPU
+        every measurement put it behind static batches (README, Performance)."""
         device = device or select_device()
         model, tokenizer = load_pretrained(model_ref, quant, device)
         where = Device(device)
         budget = (budget or default_budget(model, where)).limited(max_batch_tokens,
                                                                    max_batch_rows)
         codec = PromptCodec(tokenizer, end_token_ids(model, tokenizer), ignore_eos)
-        engine = cls(ModelRunner(model, codec, where, budget), strategy)
-        log.info("loaded %s (%s) on %s; strategy %s", model_ref, quant, device, engine.strategy)
+        runner = ModelRunner(model, codec, where, budget)
+        if calibrate:
+            from batchq.engine.calibration import measure_costs
+
+            runner.cost = measure_costs(runner, continuous=where.on_cuda)
+        engine = cls(runner, strategy)
+        log.info("loaded %s (%s) on %s; strategy %s; %s", model_ref, quant, device,
+                 engine.strategy, runner.cost.describe())
         return engine
 
     def with_options(self, *, strategy: str | None = None,

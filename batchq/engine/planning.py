@@ -1,10 +1,15 @@
 """Pure planning of batches: no torch, no database, easy to test exhaustively.
 
-A static batch costs roughly rows x (longest prompt + longest output limit) of KV cache, and it
-decodes until its longest-running row is done, so rows that finish early waste decode slots.
-Batches are therefore formed from prompts sorted by output limit first (in coarse buckets) and
-prompt length second, under a token budget and a row limit. The same order groups a job's lines
-into chunks at submit time, so each chunk is already homogeneous.
+A static batch holds rows x (longest prompt + longest output limit) of KV cache, and it decodes
+until its longest-running row is done, so rows that finish early waste decode slots. Prompts are
+sorted by output limit first (in coarse buckets) and prompt length second; the same order groups
+a job's lines into chunks at submit time, so each chunk is already homogeneous.
+
+Where to cut that sorted list into batches is a trade the budget alone does not decide: one long
+prompt in a batch of short ones pads them all to its length, but a batch of its own costs a
+decode step per output token. `plan_batches` with a cost model (batchq.engine.costs) cuts it
+where the predicted seconds are least: dynamic programming over contiguous runs of the sorted
+list, O(prompts x max_rows). Without one it packs greedily up to the budget (`plan_greedy`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchq.engine.costs import CostModel
 
 # Output limits within one bucket differ by at most this factor. Decode steps dominate the cost
 # of a batch, so limits are grouped first; prompt length (padding) decides order inside a bucket.
@@ -57,20 +66,32 @@ def batch_cost(prompt_lengths: Sequence[int], max_new_tokens: Sequence[int] | in
 
 
 def plan_batches(prompt_lengths: Sequence[int], max_new_tokens: Sequence[int] | int,
-                 budget: BatchBudget) -> list[list[int]]:
+                 budget: BatchBudget, cost: CostModel | None = None) -> list[list[int]]:
     """Indices into prompt_lengths, grouped into batches, largest first.
 
     `max_new_tokens` is one limit for all prompts or one per prompt. Every batch respects the
     budget, except a single prompt that alone exceeds it: it runs by itself rather than not at all.
-    Largest first means an out-of-memory error shows up on the first batch, not the last.
+    Largest first means an out-of-memory error shows up on the first batch, not the last. With a
+    cost model the batches are the cheapest under it (`plan_optimal`), else greedily packed.
     """
+    if cost is None:
+        return plan_greedy(prompt_lengths, max_new_tokens, budget)
+    return plan_optimal(prompt_lengths, max_new_tokens, budget, cost)
+
+
+def sorted_order(prompt_lengths: Sequence[int], limits: Sequence[int]) -> list[int]:
+    return sorted(range(len(prompt_lengths)),
+                  key=lambda i: (order_key(prompt_lengths[i], limits[i]), -i), reverse=True)
+
+
+def plan_greedy(prompt_lengths: Sequence[int], max_new_tokens: Sequence[int] | int,
+                budget: BatchBudget) -> list[list[int]]:
+    """Fill each batch up to the budget, in sorted order."""
     limits = _as_limits(max_new_tokens, len(prompt_lengths))
-    order = sorted(range(len(prompt_lengths)),
-                   key=lambda i: (order_key(prompt_lengths[i], limits[i]), -i), reverse=True)
     batches: list[list[int]] = []
     current: list[int] = []
     width = limit = 0
-    for index in order:
+    for index in sorted_order(prompt_lengths, limits):
         new_width = max(width, prompt_lengths[index])
         new_limit = max(limit, limits[index])
         fits = (len(current) + 1) * (new_width + new_limit) <= budget.max_tokens
@@ -83,3 +104,41 @@ def plan_batches(prompt_lengths: Sequence[int], max_new_tokens: Sequence[int] | 
     if current:
         batches.append(current)
     return batches
+
+
+def plan_optimal(prompt_lengths: Sequence[int], max_new_tokens: Sequence[int] | int,
+                 budget: BatchBudget, cost: CostModel) -> list[list[int]]:
+    """The partition of the sorted prompts into contiguous batches whose summed predicted cost
+    is least, under the same budget as `plan_greedy` (whose partition is one of those searched,
+    so this one never costs more under `cost`)."""
+    limits = _as_limits(max_new_tokens, len(prompt_lengths))
+    order = sorted_order(prompt_lengths, limits)
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[i]: cheapest plan of order[:i]
+    cut = [0] * (n + 1)  # where the last batch of that plan starts
+    for end in range(1, n + 1):
+        width = limit = 0
+        for start in range(end - 1, max(end - budget.max_rows, 0) - 1, -1):
+            index = order[start]
+            width = max(width, prompt_lengths[index])
+            limit = max(limit, limits[index])
+            rows = end - start
+            if rows > 1 and rows * (width + limit) > budget.max_tokens:
+                break  # widening only grows it: no earlier start fits either
+            total = best[start] + cost.batch_seconds(rows, width, limit)
+            if total < best[end]:
+                best[end], cut[end] = total, start
+    batches: list[list[int]] = []
+    end = n
+    while end:
+        batches.append(order[cut[end]:end])
+        end = cut[end]
+    return batches[::-1]
+
+
+def plan_seconds(batches: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                 max_new_tokens: Sequence[int] | int, cost: CostModel) -> float:
+    """What a plan costs under `cost`: the sum of its batches' predicted seconds."""
+    limits = _as_limits(max_new_tokens, len(prompt_lengths))
+    return sum(cost.batch_seconds(len(b), max(prompt_lengths[i] for i in b),
+                                  max(limits[i] for i in b)) for b in batches)

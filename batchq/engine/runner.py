@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchq.engine.codec import PromptCodec
+from batchq.engine.costs import ASSUMED, CostModel
 from batchq.engine.device import Device
 from batchq.engine.planning import BatchBudget
 from batchq.engine.types import BatchOutput, BatchStats, GenerationSettings, WorkItem
@@ -79,12 +80,14 @@ class _RowLimits:
 @dataclass
 class ModelRunner:
     """What every strategy works with. `budget` is the runner's state: an out-of-memory batch
-    shrinks it, and every later batch keeps to the smaller size."""
+    shrinks it, and every later batch keeps to the smaller size. `cost` prices a batch on this
+    device (batchq.engine.calibration measures it); the planner minimises it."""
 
     model: Any
     codec: PromptCodec
     device: Device
     budget: BatchBudget
+    cost: CostModel = ASSUMED
 
     def generation_config(self, settings: GenerationSettings, max_new_tokens: int) -> Any:
         from transformers import GenerationConfig

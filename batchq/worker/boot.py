@@ -96,7 +96,7 @@ def startup_line(runtime: WorkerRuntime) -> str:
     return (f"batchq worker: model {variant.model} ({variant.quant}) on {engine.device}; "
             f"{engine.strategy} batches of up to {engine.budget.max_rows} rows and "
             f"{engine.budget.max_tokens} tokens; queue {variant.queue}; broker "
-            f"{redact(settings.broker_url)}")
+            f"{redact(settings.broker_url)}; {engine.runner.cost.describe()}")
 
 
 def celery_argv(plan: WorkerPlan, settings: Settings, loglevel: str) -> list[str]:

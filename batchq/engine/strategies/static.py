@@ -1,5 +1,6 @@
-"""Length-sorted padded batches under a token budget (batchq.engine.planning); each row stops at
-its own limit; on out-of-memory the batch is split in half and retried, and the budget shrinks."""
+"""Length-sorted padded batches, cut where the runner's cost model says they cost least under the
+token budget (batchq.engine.planning); each row stops at its own limit; on out-of-memory the
+batch is split in half and retried, and the budget shrinks."""
 
 from __future__ import annotations
 
@@ -20,16 +21,28 @@ class StaticBatches(Strategy):
     name = "static"
 
     def run(self, items: list[WorkItem], started: OnBatch) -> Iterator[BatchOutput]:
-        remaining = items
-        while remaining:
-            # Planned again after every batch: an out-of-memory split shrinks the budget, and
-            # every later batch must already use the smaller size.
-            batches = plan_batches([len(i.ids) for i in remaining],
-                                   [i.limit for i in remaining], self.runner.budget)
-            first = [remaining[i] for i in batches[0]]
-            remaining = [remaining[i] for batch in batches[1:] for i in batch]
+        budget = self.runner.budget
+        planned = self.plan(items)
+        while planned:
+            first = planned.pop(0)
             started([item.key for item in first])
             yield from self._split_on_oom(first)
+            if self.runner.budget != budget:
+                # An out-of-memory split shrank the budget: every later batch must already
+                # keep to the smaller size.
+                budget = self.runner.budget
+                planned = self.plan([item for batch in planned for item in batch])
+
+    def plan(self, items: list[WorkItem]) -> list[list[WorkItem]]:
+        """The batches, cheapest first-to-last under the runner's cost model."""
+        batches = plan_batches([len(i.ids) for i in items], [i.limit for i in items],
+                               self.runner.budget, self.runner.cost)
+        return [[items[i] for i in batch] for batch in batches]
+
+    def predicted_seconds(self, batches: list[list[WorkItem]]) -> float:
+        cost = self.runner.cost
+        return sum(cost.batch_seconds(len(b), max(len(i.ids) for i in b), max(i.limit for i in b))
+                   for b in batches)
 
     def _split_on_oom(self, items: list[WorkItem]) -> Iterator[BatchOutput]:
         runner = self.runner

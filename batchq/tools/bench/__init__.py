@@ -1,7 +1,7 @@
 """`batchq bench`: the tutorial loop against batchq's strategies on one workload, and
 optionally the whole system against the engine alone.
 
-  workload     the synthetic prompts (lengths log-uniform in their ranges)
+  workload     the prompts: a synthetic mix, or the user's own JSONL
   strategies   each strategy on the same prompts, the table and the JSON report
   system       the same prompts as a real job through broker, database and a worker
 """
@@ -21,8 +21,8 @@ from batchq.engine import Engine
 from batchq.engine.device import select_device
 from batchq.errors import ConfigError
 from batchq.tools.bench import strategies as compare
-from batchq.tools.bench.system import SystemResult, measure_system
-from batchq.tools.bench.workload import Workload
+from batchq.tools.bench.system import SystemResult, as_job_lines, measure_system
+from batchq.tools.bench.workload import MIXES, Workload, from_file
 from batchq.tools.tiny import architecture, make_random_model
 from batchq.variants import resolve
 
@@ -39,6 +39,8 @@ class BenchOptions:
     seed: int = 0
     prompt_tokens: tuple[int, int] = (16, 2048)
     output_tokens: tuple[int, int] = (16, 512)
+    mix: str = "log-uniform"
+    workload: str | None = None  # the user's JSONL instead of a synthetic mix
     ignore_eos: bool | None = None  # default: on with random weights
     strategies: str = "naive,static,continuous"
     max_batch_tokens: int | None = None
@@ -54,6 +56,10 @@ class BenchOptions:
             raise ConfigError("give a MODEL or --random-weights ALIAS (one of them)")
         if self.random_alias:
             architecture(self.random_alias)  # an unknown one is refused before torch loads
+        if self.mix not in MIXES:
+            raise ConfigError(f"--mix: unknown {self.mix!r}; choose one of {', '.join(MIXES)}")
+        if self.workload and not Path(self.workload).is_file():
+            raise ConfigError(f"--workload: {self.workload}: no such file")
         for label, (low, high) in (("--prompt-tokens", self.prompt_tokens),
                                    ("--output-tokens", self.output_tokens)):
             if low > high:
@@ -69,6 +75,12 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
 
     names = options.check()
     settings = get_settings()
+    workload = Workload(options.prompts, options.seed, *options.prompt_tokens,
+                        *options.output_tokens, options.mix)
+    if options.workload:  # read first: a bad line is refused before a model loads
+        items, lines = from_file(options.workload, settings)
+    else:
+        items = workload.build()
     model, ignore_eos = options.model, options.ignore_eos
     if options.random_alias:
         model = str(make_random_model(settings.home / "random-models" / options.random_alias,
@@ -81,9 +93,6 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
     engine = Engine.load(variant.model, variant.quant, device, ignore_eos=bool(ignore_eos),
                          max_batch_tokens=options.max_batch_tokens,
                          max_batch_rows=options.max_batch_rows)
-    workload = Workload(options.prompts, options.seed, *options.prompt_tokens,
-                        *options.output_tokens)
-    items = workload.build()
     gpu_name, bandwidth = (compare.gpu_bandwidth(device) if device.startswith("cuda")
                            else (None, None))
     meta: dict[str, Any] = {"model": variant.model, "random_weights": options.random_alias,
@@ -91,16 +100,20 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
             "device": gpu_name or f"CPU ({platform.processor() or platform.machine()}, "
                                    f"{torch.get_num_threads()} threads)",
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "workload": asdict(workload), "ignore_eos": engine.ignore_eos,
+            "workload": ({"file": options.workload, "prompts": len(items)} if options.workload
+                         else asdict(workload)),
+            "ignore_eos": engine.ignore_eos, "cost_model": asdict(engine.runner.cost),
             "budget": {"max_tokens": engine.budget.max_tokens,
                        "max_rows": engine.budget.max_rows},
             "bandwidth_bytes_per_s": bandwidth,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     lo, hi = options.prompt_tokens
     out_lo, out_hi = options.output_tokens
-    note(f"{options.prompts} prompts of {lo}-{hi} tokens, outputs of {out_lo}-{out_hi}, on "
-         f"{meta['device']}; batches of up to {engine.budget.max_rows} rows and "
-         f"{engine.budget.max_tokens} tokens")
+    what = (f"{len(items)} prompts of {options.workload}" if options.workload else
+            f"{options.prompts} prompts of {lo}-{hi} tokens ({options.mix}), outputs of "
+            f"{out_lo}-{out_hi}")
+    note(f"{what}, on {meta['device']}; batches of up to {engine.budget.max_rows} rows and "
+         f"{engine.budget.max_tokens} tokens; {engine.runner.cost.describe()}")
     results = compare.compare(engine, items, names, bandwidth)
     out(compare.table(results))
     diff = compare.differing(results)
@@ -119,16 +132,17 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
     if options.system:
         best = max((r for r in results if r.strategy != "naive"), default=results[0],
                    key=lambda r: r.output_tokens_per_s)
-        system = measure_system(engine, variant.model, variant.quant, items, best.strategy, note)
+        if not options.workload:
+            items, lines = as_job_lines(engine, items)
+        system = measure_system(engine, variant.model, variant.quant, items, lines,
+                                best.strategy, note)
         out(f"system ({system.backend}, {best.strategy}): "
             f"{system.system_tokens_per_s:,.0f} output tokens/s through queue, database "
             f"and worker = {100 * system.ratio:.0f}% of the engine alone "
             f"({system.engine_tokens_per_s:,.0f}); outputs "
             f"{'match' if system.outputs_match else 'DIFFER'}")
-        naive = next((r for r in results if r.strategy == "naive"), None)
-        if naive:
-            out(f"end to end vs the naive loop: "
-                f"{system.system_tokens_per_s / naive.output_tokens_per_s:.2f}x")
+        out(f"end to end vs the naive loop (EOS honoured, {system.naive_tokens_per_s:,.0f} "
+            f"output tokens/s): {system.speedup_vs_naive:.2f}x")
     if options.json_path:
         report = {**_report(meta, results, system), "constrained": constrained}
         Path(options.json_path).write_text(json.dumps(report, indent=2) + "\n")

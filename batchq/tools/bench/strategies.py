@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from batchq.engine import STRATEGIES, Completion, Engine, GenerationSettings, PromptIn
+from batchq.engine import STRATEGIES, Completion, Engine, PromptIn
 from batchq.engine.loading import kv_bytes_per_token
 from batchq.errors import ConfigError
 
@@ -70,7 +70,7 @@ def roofline_tokens_per_s(engine: Engine, prompts: list[PromptIn], bandwidth: fl
     KV cache, at mean context; tokens/s <= rows / step time (FACTS.md)."""
     weights = engine.model.get_memory_footprint()
     kv = kv_bytes_per_token(engine.model.config)
-    mean_context = sum(len(p.token_ids or ()) + p.settings.max_new_tokens / 2
+    mean_context = sum(len(engine.encode(p)) + p.settings.max_new_tokens / 2
                        for p in prompts) / len(prompts)
     rows = min(engine.budget.max_rows, len(prompts))
     return float(rows * bandwidth / (weights + rows * mean_context * kv))
@@ -86,8 +86,8 @@ def gpu_bandwidth(device: str) -> tuple[str, float | None]:
 def compare(engine: Engine, prompts: list[PromptIn], strategies: list[str],
             bandwidth: float | None = None) -> list[StrategyResult]:
     """Each strategy on the same prompts, after one short warm-up; speedups against naive."""
-    warmup = [PromptIn(("warmup", i), token_ids=p.token_ids,
-                       settings=GenerationSettings(max_new_tokens=4)) for i, p in enumerate(prompts[:4])]
+    warmup = [replace(p, key=("warmup", i), settings=replace(p.settings, max_new_tokens=4))
+              for i, p in enumerate(prompts[:4])]
     for strategy in dict.fromkeys(strategies):
         list(engine.with_options(strategy=strategy).generate(warmup))
     results = [run_strategy(engine, s, prompts) for s in strategies]
@@ -106,8 +106,6 @@ def constrained_cost(engine: Engine, prompts: list[PromptIn], schema: dict[str, 
     """The same prompts free and held to `schema`, both as static batches: what the grammar's
     per-step mask costs. With ignore_eos a row whose JSON is whole is held to end tokens, so
     both runs generate the same number of tokens."""
-    from dataclasses import replace
-
     held = [replace(p, settings=replace(p.settings, json_schema=json.dumps(schema)))
             for p in prompts]
     list(engine.with_options(strategy="static").generate(held[:2]))  # warm-up: tokenizer index

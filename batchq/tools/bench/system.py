@@ -24,6 +24,7 @@ from batchq.tools.bench.strategies import run_strategy
 class SystemResult:
     backend: str
     engine_tokens_per_s: float
+    naive_tokens_per_s: float  # the tutorial loop on the same prompts, EOS honoured as a job's
     system_tokens_per_s: float
     system_seconds: float
     worker_generate_seconds: float  # inside the engine, summed over the job's batches
@@ -31,24 +32,32 @@ class SystemResult:
     completion_tokens: int
     job_id: str
     ratio: float
-    outputs_match: bool
+    speedup_vs_naive: float
+    outputs_match: bool  # the job's outputs are the engine alone's and the naive loop's
 
 
-def text_workload(engine: Engine, prompts: list[PromptIn]) -> list[PromptIn]:
-    """The same workload as raw-completion text, the form a job line can carry."""
-    return [PromptIn(p.key, text=engine.tokenizer.decode(p.token_ids), settings=p.settings)
+def as_job_lines(engine: Engine, prompts: list[PromptIn]) -> tuple[list[PromptIn], list[str]]:
+    """A synthetic workload as raw-completion text, the form a job line can carry, and its
+    lines (custom_id is the prompt's key)."""
+    text = [PromptIn(str(p.key), text=engine.tokenizer.decode(p.token_ids), settings=p.settings)
             for p in prompts]
+    return text, [json.dumps({"custom_id": p.key, "method": "POST", "url": "/v1/completions",
+                              "body": {"prompt": p.text,
+                                       "max_tokens": p.settings.max_new_tokens}})
+                  for p in text]
 
 
 def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[PromptIn],
-                   strategy: str, log: Callable[[str], None]) -> SystemResult:
-    """Engine alone on the text prompts, then the same prompts as a job through the broker, the
-    database and a `batchq worker` subprocess (timed from submit to the job's end; the worker
-    loads its model before the clock starts). Without configured services, a throwaway
-    embedded store and broker are used."""
-    text_prompts = text_workload(engine, prompts)
-    # A job line cannot ignore EOS, so neither does the engine it is compared with.
-    alone = run_strategy(engine.with_options(ignore_eos=False), strategy, text_prompts)
+                   lines: list[str], strategy: str, log: Callable[[str], None]) -> SystemResult:
+    """The naive loop and `strategy` in-process on `prompts`, then `lines` (the same prompts) as
+    a job through the broker, the database and a `batchq worker` subprocess (timed from submit
+    to the job's end; the worker loads its model before the clock starts). Without configured
+    services, a throwaway embedded store and broker are used."""
+    # A job line cannot ignore EOS, so neither do the runs it is compared with.
+    honest = engine.with_options(ignore_eos=False)
+    naive = run_strategy(honest, "naive", prompts)
+    log(f"naive loop: {naive.output_tokens_per_s:,.0f} output tokens/s")
+    alone = run_strategy(honest, strategy, prompts)
     log(f"engine alone ({strategy}): {alone.output_tokens_per_s:,.0f} output tokens/s")
 
     with tempfile.TemporaryDirectory(prefix="batchq-bench-") as tmp:
@@ -58,12 +67,7 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
             env.pop("BATCHQ_BROKER_URL", None)
         settings = Settings.from_env(env)
         path = Path(tmp) / "workload.jsonl"
-        with path.open("w", encoding="utf-8") as f:
-            for p in text_prompts:
-                f.write(json.dumps({"custom_id": str(p.key), "method": "POST",
-                                    "url": "/v1/completions",
-                                    "body": {"prompt": p.text,
-                                             "max_tokens": p.settings.max_new_tokens}}) + "\n")
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         b = engine.budget
         command = [sys.executable, "-m", "batchq", "worker", "--model", model_ref,
                    "--quant", quant, "--strategy", strategy, "--max-batch-tokens",
@@ -75,7 +79,8 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
             try:
                 _wait_ready(worker, worker_log)
                 started = time.perf_counter()
-                job_id = service.submit(str(path), model_ref, quant, settings=settings)
+                job_id = service.submit(str(path), model_ref, quant, settings=settings,
+                                        model_override=True)
                 job = service.wait(job_id, settings, poll_seconds=0.2)
                 seconds = time.perf_counter() - started
             finally:
@@ -85,14 +90,17 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
         _, lines = service.results(job_id, settings)
         results = {r.custom_id: r for r in lines}
     tokens = job.metrics.completion_tokens
-    match = all(results[str(k)].output == text for k, (text, _) in alone.outputs.items())
+    match = all(results[str(k)].output == text == naive.outputs[k][0]
+                for k, (text, _) in alone.outputs.items())
     system = tokens / seconds
     return SystemResult(
         backend="embedded (SQLite)" if settings.embedded else "configured services",
-        engine_tokens_per_s=alone.output_tokens_per_s, system_tokens_per_s=system,
+        engine_tokens_per_s=alone.output_tokens_per_s,
+        naive_tokens_per_s=naive.output_tokens_per_s, system_tokens_per_s=system,
         system_seconds=seconds, worker_generate_seconds=job.metrics.generate_seconds,
         batches=job.metrics.batches, completion_tokens=tokens, job_id=job_id,
-        ratio=system / alone.output_tokens_per_s, outputs_match=match)
+        ratio=system / alone.output_tokens_per_s,
+        speedup_vs_naive=system / naive.output_tokens_per_s, outputs_match=match)
 
 
 def _wait_ready(worker: subprocess.Popen, log_path: Path, timeout: float = 900) -> None:

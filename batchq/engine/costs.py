@@ -1,0 +1,135 @@
+"""What a batch costs, in seconds, on this model and device: the planner minimises it.
+
+A padded `generate` call over `rows` prompts padded to `width` tokens that runs `steps` decode
+steps costs about
+
+    per_step * steps                       one forward pass per step, however few rows: Python,
+                                           kernel launches; it dominates small models on a CPU
+                                           and is launch overhead on a GPU
+  + per_row_step * rows * steps            each row's share of a step: the MLP, the vocabulary
+                                           projection (151,936 columns on Qwen)
+  + per_prompt_token * rows * width        the prefill of every padded prompt slot
+  + per_context_token * rows * steps * (width + steps / 2)
+                                           attention reading the KV cache at each step
+
+The four figures are measured at worker start (`calibrate`): a few batch shapes are timed on the
+real device and fitted by non-negative least squares. `ASSUMED` is used when nothing was
+measured (tests, pure planning).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# (rows, width, steps) of the calibration batches, scaled down to fit the budget; chosen so
+# that each term has a shape where it is large and one where it is small.
+CALIBRATION_SHAPES = ((1, 16, 1), (1, 16, 8), (8, 16, 8), (1, 256, 1), (8, 256, 1),
+                      (4, 256, 8))
+
+
+@dataclass(frozen=True)
+class CostModel:
+    per_step: float
+    per_row_step: float
+    per_prompt_token: float
+    per_context_token: float
+    # Continuous batching's own cost of one scheduler step (its Python loop, the paged cache)
+    # on top of per_step; None when it was not measured, and then it is never chosen.
+    continuous_step: float | None = None
+    measured: bool = False
+
+    def batch_seconds(self, rows: int, width: int, steps: int) -> float:
+        return (self.per_step * steps + self.per_row_step * rows * steps
+                + self.per_prompt_token * rows * width
+                + self.per_context_token * rows * steps * (width + steps / 2))
+
+    def continuous_seconds(self, prompt_lengths: Sequence[int], limits: Sequence[int],
+                           max_rows: int) -> float | None:
+        """A group run by continuous batching: no padding and no finished rows, but at
+        least as many scheduler steps as its longest row, or its slots over the row limit."""
+        if self.continuous_step is None or not limits:
+            return None
+        tokens = sum(limits)
+        steps = max(max(limits), -(-tokens // max_rows))
+        mean_context = sum(n + k / 2 for n, k in zip(prompt_lengths, limits, strict=True)) / len(limits)
+        return ((self.per_step + self.continuous_step) * steps + self.per_row_step * tokens
+                + self.per_prompt_token * sum(prompt_lengths)
+                + self.per_context_token * tokens * mean_context)
+
+    def describe(self) -> str:
+        how = "measured" if self.measured else "assumed"
+        text = (f"cost model ({how}): {1e3 * self.per_step:.2f} ms a step, "
+                f"{1e3 * self.per_row_step:.3f} ms a row-step, "
+                f"{1e6 * self.per_prompt_token:.1f} us a prompt token, "
+                f"{1e9 * self.per_context_token:.1f} ns a context token")
+        if self.continuous_step is not None:
+            text += f"; continuous +{1e3 * self.continuous_step:.2f} ms a step"
+        return text
+
+
+# Used when nothing was measured: the shape of a small model's costs (a step is worth a few
+# dozen rows, a row-step a hundred prompt tokens). Only ratios matter to the planner.
+ASSUMED = CostModel(per_step=5e-3, per_row_step=2e-4, per_prompt_token=2e-6,
+                    per_context_token=1e-9)
+
+Timer = Callable[[int, int, int], float]  # (rows, width, steps) -> seconds of one batch
+
+
+def fit(samples: Sequence[tuple[int, int, int, float]]) -> CostModel:
+    """Non-negative least squares over the four terms: every subset of terms is fitted and the
+    best fit with no negative coefficient wins (four terms: sixteen tiny solves)."""
+    import numpy as np
+
+    features = np.array([[s, r * s, r * w, r * s * (w + s / 2)] for r, w, s, _ in samples],
+                        dtype=float)
+    seconds = np.array([t for *_, t in samples], dtype=float)
+    # Relative error: a 5 ms batch matters as much as a 2 s one.
+    weights = 1 / np.maximum(seconds, 1e-6)
+    best: tuple[float, np.ndarray] | None = None
+    for size in range(1, 5):
+        for terms in itertools.combinations(range(4), size):
+            cols = list(terms)
+            a = features[:, cols] * weights[:, None]
+            coef, *_ = np.linalg.lstsq(a, seconds * weights, rcond=None)
+            if (coef < 0).any():
+                continue
+            full = np.zeros(4)
+            full[cols] = coef
+            residual = float(np.sum(((features @ full - seconds) * weights) ** 2))
+            if best is None or residual < best[0]:
+                best = (residual, full)
+    if best is None or best[1][0] <= 0:
+        return ASSUMED
+    step, row_step, prompt_token, context_token = (float(v) for v in best[1])
+    return CostModel(step, row_step, prompt_token, context_token, measured=True)
+
+
+def calibration_shapes(max_rows: int, max_tokens: int) -> list[tuple[int, int, int]]:
+    """CALIBRATION_SHAPES, each shrunk until it fits the budget."""
+    shapes = []
+    for rows, width, steps in CALIBRATION_SHAPES:
+        rows = min(rows, max_rows)
+        while rows * (width + steps) > max_tokens and width > 8:
+            width //= 2
+        shapes.append((rows, width, steps))
+    return shapes
+
+
+def calibrate(time_batch: Timer, max_rows: int, max_tokens: int,
+              time_continuous: Timer | None = None) -> CostModel:
+    """Time each shape twice, keep the faster (the machine may be busy), and fit. With
+    `time_continuous`, a continuous run of the widest decode shape prices its steps."""
+    shapes = calibration_shapes(max_rows, max_tokens)
+    time_batch(*shapes[0])  # the first call of a process pays for lazy set-up
+    samples = [(*shape, min(time_batch(*shape), time_batch(*shape))) for shape in shapes]
+    model = fit(samples)
+    if time_continuous is None:
+        return model
+    rows, width, steps = shapes[2]
+    time_continuous(rows, width, steps)
+    seconds = time_continuous(rows, width, steps)
+    extra = (seconds - model.batch_seconds(rows, width, steps)) / steps
+    return CostModel(model.per_step, model.per_row_step, model.per_prompt_token,
+                     model.per_context_token, continuous_step=max(extra, 0.0), measured=True)
