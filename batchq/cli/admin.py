@@ -86,6 +86,12 @@ def make_tiny_model(directory: str, arch: str) -> None:
 @click.option("--system", "system", is_flag=True,
               help="Also run the workload as a real job through broker, database and a worker, "
                    "and report its tokens/s against the engine alone.")
+@click.option("--engine", type=click.Choice(["transformers", "null"]), default="transformers",
+              show_default=True,
+              help="null: generate nothing, and measure the lines/s the system itself carries "
+                   "(submit, queue, database, workers); the model is not loaded.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes for --engine null.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write every figure to this file as JSON.")
 @click.option("--json-schema", "json_schema", type=click.Path(exists=True, dir_okay=False),

@@ -28,10 +28,15 @@ from batchq.errors import ConfigError
 @click.option("--beat", "with_beat", is_flag=True,
               help="Also make schedules fire from this process (`batchq beat` embedded; one "
                    "machine).")
+@click.option("--name", default=None,
+              help="The first part of its Celery node name (default: variant and GPU); two "
+                   "workers of one variant on one host need different names.")
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--engine", type=click.Choice(["transformers", "null"]), default=None, hidden=True,
+              help="null generates nothing: `batchq bench --engine null` measures the system.")
 def worker(model: str | None, quant: str | None, gpu: int | None, profile: str | None,
            max_batch_tokens: int | None, max_batch_rows: int | None, strategy: str | None,
-           with_beat: bool, loglevel: str) -> None:
+           with_beat: bool, name: str | None, loglevel: str, engine: str | None) -> None:
     """A Celery worker pinned to one variant (model + quantization) and one GPU."""
     from batchq.queue.publish import check_broker
     from batchq.worker.boot import WorkerPlan, serve
@@ -39,7 +44,7 @@ def worker(model: str | None, quant: str | None, gpu: int | None, profile: str |
     plan = WorkerPlan.from_options(profile, model=model, quant=quant, gpu=gpu,
                                    max_batch_tokens=max_batch_tokens,
                                    max_batch_rows=max_batch_rows, strategy=strategy,
-                                   beat=with_beat or None)
+                                   beat=with_beat or None, engine=engine, name=name)
     settings = get_settings()
     check_broker(settings)  # before the timestamped log: a refusal stays one line
     setup_logging(is_verbose(), timestamps=True)

@@ -8,7 +8,8 @@ import logging
 from dataclasses import replace
 
 from batchq.engine.codec import PromptCodec
-from batchq.engine.costs import CostModel, calibrate
+from batchq.engine.costs import ASSUMED, CostModel, calibrate
+from batchq.engine.device import is_out_of_memory
 from batchq.engine.runner import ModelRunner
 from batchq.engine.types import GenerationSettings, PromptIn, WorkItem
 
@@ -46,4 +47,14 @@ def measure_costs(runner: ModelRunner, continuous: bool = False) -> CostModel:
         return device.elapsed(clock)
 
     budget = runner.budget
-    return calibrate(static, budget.max_rows, budget.max_tokens, paged if continuous else None)
+    try:
+        return calibrate(static, budget.max_rows, budget.max_tokens,
+                         paged if continuous else None)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # The budget is wrong for this device: the first real batch will shrink it. The plan
+        # meanwhile uses the assumed costs, which only order batch shapes, never size them.
+        device.release_memory()
+        log.warning("out of memory while measuring batch costs; planning with assumed costs")
+        return ASSUMED

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
@@ -166,7 +166,8 @@ class Transitions:
     def start_batch(self, line_ids: Sequence[int]) -> None:
         """An attempt counts before its batch runs: a pending line with attempts was in a batch
         that never ended (crash, kill, error)."""
-        self._update_pending(line_ids, attempts=Line.attempts + 1, started_at=utcnow())
+        with session_scope(self.settings) as session:
+            _count_attempts(session, line_ids, utcnow())
 
     def note_error(self, line_ids: Sequence[int], reason: str) -> None:
         """A batch raised: the lines stay pending, with the reason they fail with if it lasts."""
@@ -178,45 +179,41 @@ class Transitions:
                              finished_at=utcnow())
 
     def record_batch(self, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
-                     stats: Measured) -> JobStatus:
+                     stats: Measured, next_batch: Sequence[int] = ()) -> JobStatus:
         """Store one batch's lines and metrics in one commit. Returns the job's status: if it
-        is no longer queued or running (cancelled, expired), the chunk should stop."""
+        is no longer queued or running (cancelled, expired), the chunk should stop. While it
+        is, the attempts of `next_batch` (the lines about to run) count in the same commit:
+        one round of the database per batch, not two."""
         now = utcnow()
+        s = stats
         with session_scope(self.settings) as session:
-            for c in outcomes:
-                values: dict[str, Any] = {"prompt_tokens": c.prompt_tokens, "finished_at": now}
-                if c.error is None:
-                    values.update(status=LineStatus.SUCCEEDED, output=c.text, error=None,
-                                  finish_reason=c.finish_reason,
-                                  completion_tokens=c.completion_tokens,
-                                  reasoning=c.reasoning,
-                                  reasoning_tokens=None if c.reasoning is None
-                                  else c.reasoning_tokens,
-                                  tool_calls=None if c.tool_calls is None
-                                  else json.dumps(c.tool_calls, ensure_ascii=False))
-                else:  # a JSON cut off by the output limit keeps its finish reason and tokens
-                    values.update(status=LineStatus.FAILED, error=c.error,
-                                  finish_reason=c.finish_reason,
-                                  completion_tokens=c.completion_tokens)
-                session.execute(update(Line).where(Line.id == c.key,
-                                                   Line.status == LineStatus.PENDING)
-                                .values(**values))
-            s = stats
-            session.execute(update(Chunk).where(Chunk.id == chunk.id).values(
-                batches=Chunk.batches + (1 if s.rows else 0),
-                prompt_tokens=Chunk.prompt_tokens + s.prompt_tokens,
-                padded_prompt_tokens=Chunk.padded_prompt_tokens + s.padded_prompt_tokens,
-                completion_tokens=Chunk.completion_tokens + s.completion_tokens,
-                decode_slots=Chunk.decode_slots + s.decode_slots,
-                generate_seconds=Chunk.generate_seconds + s.seconds,
+            # Core statements on the session's connection: the ORM's bookkeeping of updated
+            # objects costs more than the database does on a fast engine's small batches.
+            db = session.connection()
+            if outcomes:
+                # One statement for the whole batch, executed over its rows: a round trip per
+                # line would cost more than a small model's whole batch (README, Performance).
+                db.execute(LINE_RESULT, [_result_row(c, now) for c in outcomes])
+            chunks = Chunk.__table__.c
+            db.execute(update(Chunk.__table__).where(chunks.id == chunk.id).values(
+                batches=chunks.batches + (1 if s.rows else 0),
+                prompt_tokens=chunks.prompt_tokens + s.prompt_tokens,
+                padded_prompt_tokens=chunks.padded_prompt_tokens + s.padded_prompt_tokens,
+                completion_tokens=chunks.completion_tokens + s.completion_tokens,
+                decode_slots=chunks.decode_slots + s.decode_slots,
+                generate_seconds=chunks.generate_seconds + s.seconds,
                 peak_memory_bytes=s.peak_memory_bytes))
             if s.rows:
-                session.add(BatchRun(
+                db.execute(insert(BatchRun.__table__).values(
                     job_id=chunk.job_id, chunk_seq=chunk.seq, worker=worker, finished_at=now,
                     seconds=s.seconds, rows=s.rows, prompt_tokens=s.prompt_tokens,
                     padded_prompt_tokens=s.padded_prompt_tokens,
                     completion_tokens=s.completion_tokens, decode_slots=s.decode_slots))
-            return session.execute(select(Job.status).where(Job.id == chunk.job_id)).scalar_one()
+            status = JobStatus(db.execute(select(Job.__table__.c.status)
+                                          .where(Job.__table__.c.id == chunk.job_id)).scalar_one())
+            if next_batch and status in ACTIVE_JOB_STATUSES:
+                _count_attempts(session, next_batch, now)
+            return status
 
     # ------------------------------------------------------------ chunks, by the sweep
 
@@ -332,6 +329,39 @@ class Transitions:
             session.execute(update(Line).where(Line.id.in_(list(line_ids)),
                                                Line.status == LineStatus.PENDING)
                             .values(**values))
+
+
+def _count_attempts(session: Session, line_ids: Sequence[int], now: datetime) -> None:
+    lines = Line.__table__.c
+    session.connection().execute(
+        update(Line.__table__).where(lines.id.in_(list(line_ids)),
+                                     lines.status == LineStatus.PENDING)
+        .values(attempts=lines.attempts + 1, started_at=now))
+
+
+_lines = Line.__table__.c
+# A batch's results, one parameter set per line (bind names may not be column names).
+LINE_RESULT = (update(Line.__table__)
+               .where(_lines.id == bindparam("b_id"), _lines.status == LineStatus.PENDING)
+               .values({name: bindparam(f"b_{name}") for name in (
+                   "status", "output", "error", "finish_reason", "prompt_tokens",
+                   "completion_tokens", "reasoning", "reasoning_tokens", "tool_calls",
+                   "finished_at")}))
+
+
+def _result_row(c: Outcome, now: datetime) -> dict[str, Any]:
+    """A line's final values; a JSON cut off by the output limit fails but keeps its finish
+    reason and tokens."""
+    ok = c.error is None
+    return {"b_id": c.key, "b_status": LineStatus.SUCCEEDED if ok else LineStatus.FAILED,
+            "b_output": c.text if ok else None, "b_error": c.error,
+            "b_finish_reason": c.finish_reason, "b_prompt_tokens": c.prompt_tokens,
+            "b_completion_tokens": c.completion_tokens,
+            "b_reasoning": c.reasoning if ok else None,
+            "b_reasoning_tokens": c.reasoning_tokens if ok and c.reasoning is not None else None,
+            "b_tool_calls": json.dumps(c.tool_calls, ensure_ascii=False)
+            if ok and c.tool_calls is not None else None,
+            "b_finished_at": now}
 
 
 def _requeued(now: datetime) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 from celery import bootsteps, signals
 
 from batchq.config import Settings, redact
-from batchq.engine import Engine
+from batchq.engine import BatchBudget, Engine
 from batchq.engine.device import select_device
 from batchq.errors import ConfigError
 from batchq.queue.app import app_for
@@ -62,6 +62,7 @@ class WorkerPlan:
     max_batch_rows: int | None = None
     name: str | None = None  # the Celery node name's first part (default: variant and GPU)
     beat: bool = False  # also run batchq's beat in this process (one machine)
+    engine: str = "transformers"  # or "null": generates nothing (benchmarks only)
 
     @classmethod
     def from_options(cls, profile_path: str | None, **options: Any) -> WorkerPlan:
@@ -82,6 +83,11 @@ class WorkerPlan:
 def load_runtime(plan: WorkerPlan, settings: Settings) -> WorkerRuntime:
     """Load the plan's model on its device and make this process its holder."""
     session_factory(settings)  # fail fast, before a long model load, if the database is away
+    if plan.engine == "null":
+        from batchq.engine.null import NullEngine
+
+        budget = BatchBudget().limited(plan.max_batch_tokens, plan.max_batch_rows)
+        return start_runtime(NullEngine(budget), plan.variant, settings)
     device = select_device(plan.gpu)
     if plan.gpu is not None and device == "cpu":
         log.warning("no CUDA device visible; GPU %s ignored, running on CPU", plan.gpu)

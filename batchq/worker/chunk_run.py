@@ -60,6 +60,9 @@ class ChunkRun:
         self.attempts = {line.id: line.attempts for line in claim.lines}
         self.errors = {line.id: line.error for line in claim.lines}
         self.in_flight: list[int] = []
+        # The last batch's output, written together with the next batch's attempts (one
+        # commit a batch), or by `_flush` once the lines run out.
+        self.unwritten: BatchOutput | None = None
         self.done = self.failed = self.tokens = 0
         self.seconds = 0.0
         self.stopped: str | None = None  # cancelled | expired | shutdown | lease lost
@@ -80,10 +83,17 @@ class ChunkRun:
                 pass
 
     def _on_batch(self, keys: list[int]) -> None:
+        """Just before a batch starts: the previous batch's results and this one's attempts,
+        in one commit. If the job was cancelled or expired meanwhile, the batch never starts."""
+        if self.unwritten is None:
+            self._patiently("counting a batch's attempts", lambda: self.store.start_batch(keys))
+        else:
+            self._flush(next_batch=keys)
+            if self.stopped:
+                raise _JobStopped
         self.in_flight = list(keys)
         for key in keys:
             self.attempts[key] += 1
-        self._patiently("counting a batch's attempts", lambda: self.store.start_batch(keys))
 
     def _batches(self, line_ids: list[int]) -> tuple[list[int], list[int]]:
         """Run lines in the engine's batches. On an error, returns the lines not yet started
@@ -97,9 +107,13 @@ class ChunkRun:
                 left -= {c.key for c in output.completions}
                 if self.stopped:
                     break
+            self._flush()
+        except _JobStopped:
+            return [], []
         except ServiceUnavailable:
             raise  # the database stayed away: not the lines' fault; the lease runs out instead
         except Exception as exc:
+            self._flush()
             # Outside any batch (while encoding, say), every line not yet done is a suspect.
             raised = [i for i in self.in_flight if i in left] or [i for i in line_ids if i in left]
             self._raised(raised, exc)
@@ -122,9 +136,13 @@ class ChunkRun:
             for output in self.runtime.engine.generate([self.prompts[line_id]],
                                                        on_batch=self._on_batch):
                 self._store(output)
+            self._flush()
+        except _JobStopped:
+            return False
         except ServiceUnavailable:
             raise
         except Exception as exc:
+            self._flush()
             if line_id not in self.in_flight:  # it raised before its batch began: still a try
                 self._on_batch([line_id])
             self._raised([line_id], exc)
@@ -148,20 +166,34 @@ class ChunkRun:
                 f"({self.failed} failed), {self.tokens} tokens out{rate}")
 
     def _store(self, output: BatchOutput) -> None:
-        job_status = self._patiently("storing a batch's results", lambda: self.store.record_batch(
-            self.claim.chunk, self.runtime.name, output.completions, output.stats))
+        """A batch is done: counted now, written with the next batch's attempts."""
+        self._flush()  # a failed-alone output comes without a batch start of its own
+        self.unwritten = output
         self.done += sum(c.error is None for c in output.completions)
         self.failed += sum(c.error is not None for c in output.completions)
         self.tokens += output.stats.completion_tokens
         self.seconds += output.stats.seconds
         if self.on_progress is not None:
             self.on_progress(self.progress())
-        if job_status not in ACTIVE_JOB_STATUSES:
-            self.stopped = job_status.value  # cancelled or expired
-        elif self.lease.lost.is_set():
+        if self.lease.lost.is_set():
             self.stopped = "lease lost"
         elif shutdown_requested.is_set():
             self.stopped = "shutdown"
+
+    def _flush(self, next_batch: list[int] | None = None) -> None:
+        output = self.unwritten
+        if output is None:
+            return
+        job_status = self._patiently("storing a batch's results", lambda: self.store.record_batch(
+            self.claim.chunk, self.runtime.name, output.completions, output.stats,
+            next_batch or ()))
+        self.unwritten = None
+        if job_status not in ACTIVE_JOB_STATUSES:
+            self.stopped = job_status.value  # cancelled or expired
+
+
+class _JobStopped(Exception):
+    """Raised out of the engine before a batch starts: the job was cancelled or expired."""
 
 
 def run_chunk(chunk_id: int, runtime: WorkerRuntime,

@@ -21,7 +21,12 @@ from batchq.engine import Engine
 from batchq.engine.device import select_device
 from batchq.errors import ConfigError
 from batchq.tools.bench import strategies as compare
-from batchq.tools.bench.system import SystemResult, as_job_lines, measure_system
+from batchq.tools.bench.system import (
+    SystemResult,
+    as_job_lines,
+    measure_ceiling,
+    measure_system,
+)
 from batchq.tools.bench.workload import MIXES, Workload, from_file
 from batchq.tools.tiny import architecture, make_random_model
 from batchq.variants import resolve
@@ -46,6 +51,8 @@ class BenchOptions:
     max_batch_tokens: int | None = None
     max_batch_rows: int | None = None
     system: bool = False
+    engine: str = "transformers"  # null: the system's own ceiling, nothing generated
+    workers: int = 1  # worker processes for --system and --engine null
     json_path: str | None = None
     json_schema: str | None = None  # also measure constrained decoding under this schema file
 
@@ -58,6 +65,9 @@ class BenchOptions:
             architecture(self.random_alias)  # an unknown one is refused before torch loads
         if self.mix not in MIXES:
             raise ConfigError(f"--mix: unknown {self.mix!r}; choose one of {', '.join(MIXES)}")
+        if self.engine == "null" and not self.model:
+            raise ConfigError("--engine null: give the MODEL whose queue the job goes to "
+                              "(it is not loaded)")
         if self.workload and not Path(self.workload).is_file():
             raise ConfigError(f"--workload: {self.workload}: no such file")
         for label, (low, high) in (("--prompt-tokens", self.prompt_tokens),
@@ -81,6 +91,9 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
         items, lines = from_file(options.workload, settings)
     else:
         items = workload.build()
+    if options.engine == "null":
+        _ceiling(options, lines if options.workload else _plain_lines(items), out, note)
+        return
     model, ignore_eos = options.model, options.ignore_eos
     if options.random_alias:
         model = str(make_random_model(settings.home / "random-models" / options.random_alias,
@@ -145,6 +158,29 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
             f"output tokens/s): {system.speedup_vs_naive:.2f}x")
     if options.json_path:
         report = {**_report(meta, results, system), "constrained": constrained}
+        Path(options.json_path).write_text(json.dumps(report, indent=2) + "\n")
+        note(f"wrote {options.json_path}")
+
+
+def _plain_lines(prompts: list[Any]) -> list[str]:
+    """Job lines for a synthetic workload without a tokenizer: one word per token."""
+    return [json.dumps({"custom_id": str(p.key), "prompt": " ".join(
+        f"w{t}" for t in p.token_ids), "max_new_tokens": p.settings.max_new_tokens})
+        for p in prompts]
+
+
+def _ceiling(options: BenchOptions, lines: list[str], out: Say, note: Say) -> None:
+    assert options.model is not None
+    variant = resolve(options.model, options.quant)
+    note(f"{len(lines)} lines through {options.workers} worker(s) that generate nothing")
+    result = measure_ceiling(variant.model, variant.quant, lines, options.workers,
+                             options.max_batch_rows)
+    out(f"system ceiling ({result.backend}, {result.workers} worker(s), null engine): "
+        f"{result.lines_per_s:,.0f} lines/s ({result.lines:,} lines in "
+        f"{result.system_seconds:.2f} s, of which submit {result.submit_seconds:.2f} s)")
+    if options.json_path:
+        report = {"engine": "null", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                  "ceiling": asdict(result)}
         Path(options.json_path).write_text(json.dumps(report, indent=2) + "\n")
         note(f"wrote {options.json_path}")
 

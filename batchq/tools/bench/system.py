@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batchq import service
 from batchq.config import Settings
@@ -60,6 +61,59 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
     alone = run_strategy(honest, strategy, prompts)
     log(f"engine alone ({strategy}): {alone.output_tokens_per_s:,.0f} output tokens/s")
 
+    b = engine.budget
+    done = run_job(model_ref, quant, lines, ["--strategy", strategy, "--max-batch-tokens",
+                                              str(b.max_tokens), "--max-batch-rows",
+                                              str(b.max_rows)])
+    job, results = done.job, done.results
+    tokens = job.metrics.completion_tokens
+    match = all(results[str(k)].output == text == naive.outputs[k][0]
+                for k, (text, _) in alone.outputs.items())
+    system = tokens / done.seconds
+    return SystemResult(
+        backend=done.backend, engine_tokens_per_s=alone.output_tokens_per_s,
+        naive_tokens_per_s=naive.output_tokens_per_s, system_tokens_per_s=system,
+        system_seconds=done.seconds, worker_generate_seconds=job.metrics.generate_seconds,
+        batches=job.metrics.batches, completion_tokens=tokens, job_id=job.id,
+        ratio=system / alone.output_tokens_per_s,
+        speedup_vs_naive=system / naive.output_tokens_per_s, outputs_match=match)
+
+
+@dataclass
+class CeilingResult:
+    backend: str
+    workers: int
+    lines: int
+    submit_seconds: float  # of system_seconds: validating and storing the file, queueing it
+    system_seconds: float
+    lines_per_s: float
+    job_id: str
+
+
+def measure_ceiling(model_ref: str, quant: str, lines: list[str], workers: int,
+                    max_rows: int | None) -> CeilingResult:
+    """`lines` as a job run by `workers` workers whose engine generates nothing: the lines/s
+    the system itself can carry (claims, writes, progress, leases), from submit to the end."""
+    extra = ["--engine", "null"] + (["--max-batch-rows", str(max_rows)] if max_rows else [])
+    done = run_job(model_ref, quant, lines, extra, workers)
+    return CeilingResult(done.backend, workers, len(lines), done.submit_seconds, done.seconds,
+                         len(lines) / done.seconds, done.job.id)
+
+
+@dataclass
+class JobRun:
+    backend: str
+    job: Any
+    results: dict[str, Any]  # custom_id -> result line
+    seconds: float  # submit to the job's end
+    submit_seconds: float
+
+
+def run_job(model_ref: str, quant: str, lines: list[str], worker_args: list[str],
+            workers: int = 1) -> JobRun:
+    """Start `workers` worker subprocesses, wait until each is ready, then submit `lines` and
+    time the job to its end. Without configured services, a throwaway embedded store and
+    broker are used."""
     with tempfile.TemporaryDirectory(prefix="batchq-bench-") as tmp:
         env = dict(os.environ)
         if not env.get("BATCHQ_DATABASE_URL"):
@@ -68,39 +122,31 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
         settings = Settings.from_env(env)
         path = Path(tmp) / "workload.jsonl"
         path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        b = engine.budget
         command = [sys.executable, "-m", "batchq", "worker", "--model", model_ref,
-                   "--quant", quant, "--strategy", strategy, "--max-batch-tokens",
-                   str(b.max_tokens), "--max-batch-rows", str(b.max_rows), "--loglevel", "INFO"]
-        worker_log = Path(tmp) / "worker.log"
-        with worker_log.open("wb") as out:
-            worker = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-            try:
-                _wait_ready(worker, worker_log)
-                started = time.perf_counter()
-                job_id = service.submit(str(path), model_ref, quant, settings=settings,
-                                        model_override=True)
-                job = service.wait(job_id, settings, poll_seconds=0.2)
-                seconds = time.perf_counter() - started
-            finally:
+                   "--quant", quant, *worker_args, "--loglevel", "INFO"]
+        running: list[subprocess.Popen] = []
+        try:
+            for n in range(workers):
+                worker_log = Path(tmp) / f"worker{n}.log"
+                with worker_log.open("wb") as out:
+                    running.append(subprocess.Popen(
+                        [*command, "--name", f"bench{n}"] if workers > 1 else command, env=env,
+                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+                _wait_ready(running[-1], worker_log)
+            started = time.perf_counter()
+            job_id = service.submit(str(path), model_ref, quant, settings=settings,
+                                    model_override=True)
+            submitted = time.perf_counter() - started
+            job = service.wait(job_id, settings, poll_seconds=0.1)
+            seconds = time.perf_counter() - started
+        finally:
+            for worker in running:
                 _stop(worker)
         if job.status != "completed":
             raise RuntimeError(f"bench job {job_id} ended {job.status}")
-        _, lines = service.results(job_id, settings)
-        results = {r.custom_id: r for r in lines}
-    tokens = job.metrics.completion_tokens
-    match = all(results[str(k)].output == text == naive.outputs[k][0]
-                for k, (text, _) in alone.outputs.items())
-    system = tokens / seconds
-    return SystemResult(
-        backend="embedded (SQLite)" if settings.embedded else "configured services",
-        engine_tokens_per_s=alone.output_tokens_per_s,
-        naive_tokens_per_s=naive.output_tokens_per_s, system_tokens_per_s=system,
-        system_seconds=seconds, worker_generate_seconds=job.metrics.generate_seconds,
-        batches=job.metrics.batches, completion_tokens=tokens, job_id=job_id,
-        ratio=system / alone.output_tokens_per_s,
-        speedup_vs_naive=system / naive.output_tokens_per_s, outputs_match=match)
+        _, results = service.results(job_id, settings)
+        return JobRun("embedded (SQLite)" if settings.embedded else "configured services", job,
+                      {r.custom_id: r for r in results}, seconds, submitted)
 
 
 def _wait_ready(worker: subprocess.Popen, log_path: Path, timeout: float = 900) -> None:
