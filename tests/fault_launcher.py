@@ -10,6 +10,8 @@ The faults live here, in the tests, not in batchq: this wraps the engine's padde
   slow:SECONDS      every batch sleeps this long first (to stop, kill or cancel mid-chunk)
   hold:PATH         every batch but the process's first waits while PATH exists (a test removes
                     it once it has seen the job mid-chunk, however loaded the machine is)
+
+The batches a worker times at start to measure its cost model run without faults.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def install(spec: str) -> None:
 
     def run_batch(self, items, per_row_limits):
         nonlocal batches_run
+        if items and isinstance(items[0].key, tuple) and items[0].key[0] == "calibration":
+            # The worker timing batch shapes at start (batchq.engine.calibration) is not work.
+            return original(self, items, per_row_limits)
         texts = [_text(item) for item in items]
         for kind, arg in faults:
             if kind == "slow":

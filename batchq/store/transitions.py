@@ -27,9 +27,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
@@ -194,8 +194,8 @@ class Transitions:
                 # One statement for the whole batch, executed over its rows: a round trip per
                 # line would cost more than a small model's whole batch (README, Performance).
                 db.execute(LINE_RESULT, [_result_row(c, now) for c in outcomes])
-            chunks = Chunk.__table__.c
-            db.execute(update(Chunk.__table__).where(chunks.id == chunk.id).values(
+            chunks = CHUNKS.c
+            db.execute(update(CHUNKS).where(chunks.id == chunk.id).values(
                 batches=chunks.batches + (1 if s.rows else 0),
                 prompt_tokens=chunks.prompt_tokens + s.prompt_tokens,
                 padded_prompt_tokens=chunks.padded_prompt_tokens + s.padded_prompt_tokens,
@@ -204,13 +204,13 @@ class Transitions:
                 generate_seconds=chunks.generate_seconds + s.seconds,
                 peak_memory_bytes=s.peak_memory_bytes))
             if s.rows:
-                db.execute(insert(BatchRun.__table__).values(
+                db.execute(insert(BATCH_RUNS).values(
                     job_id=chunk.job_id, chunk_seq=chunk.seq, worker=worker, finished_at=now,
                     seconds=s.seconds, rows=s.rows, prompt_tokens=s.prompt_tokens,
                     padded_prompt_tokens=s.padded_prompt_tokens,
                     completion_tokens=s.completion_tokens, decode_slots=s.decode_slots))
-            status = JobStatus(db.execute(select(Job.__table__.c.status)
-                                          .where(Job.__table__.c.id == chunk.job_id)).scalar_one())
+            status = JobStatus(db.execute(select(JOBS.c.status)
+                                          .where(JOBS.c.id == chunk.job_id)).scalar_one())
             if next_batch and status in ACTIVE_JOB_STATUSES:
                 _count_attempts(session, next_batch, now)
             return status
@@ -331,17 +331,21 @@ class Transitions:
                             .values(**values))
 
 
+# The tables, for Core statements on the worker's hot path.
+LINES, CHUNKS, JOBS, BATCH_RUNS = (cast(Table, m.__table__) for m in (Line, Chunk, Job, BatchRun))
+
+
 def _count_attempts(session: Session, line_ids: Sequence[int], now: datetime) -> None:
-    lines = Line.__table__.c
+    lines = LINES.c
     session.connection().execute(
-        update(Line.__table__).where(lines.id.in_(list(line_ids)),
+        update(LINES).where(lines.id.in_(list(line_ids)),
                                      lines.status == LineStatus.PENDING)
         .values(attempts=lines.attempts + 1, started_at=now))
 
 
-_lines = Line.__table__.c
+_lines = LINES.c
 # A batch's results, one parameter set per line (bind names may not be column names).
-LINE_RESULT = (update(Line.__table__)
+LINE_RESULT = (update(LINES)
                .where(_lines.id == bindparam("b_id"), _lines.status == LineStatus.PENDING)
                .values({name: bindparam(f"b_{name}") for name in (
                    "status", "output", "error", "finish_reason", "prompt_tokens",
