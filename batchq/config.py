@@ -49,6 +49,9 @@ class Settings:
     api_max_file_lines: int
     # Other names for variants, e.g. (("gpt-4o-mini", "qwen2.5-7b-instruct:nf4"),)
     model_aliases: tuple[tuple[str, str], ...] = ()
+    # A worker times a few batch shapes at start and plans with what it measured; off, it plans
+    # with assumed costs: it starts a second sooner and cuts the same batches on every start.
+    measure_costs: bool = True
 
     @property
     def embedded(self) -> bool:
@@ -75,6 +78,8 @@ class Settings:
             api_max_file_bytes=_int(env, "BATCHQ_API_MAX_FILE_BYTES", 200 << 20),
             api_max_file_lines=_int(env, "BATCHQ_API_MAX_FILE_LINES", 50_000),
             model_aliases=_aliases(env.get("BATCHQ_MODEL_ALIASES", "")),
+            measure_costs=env.get("BATCHQ_MEASURE_COSTS", "1").strip().lower()
+            not in ("0", "false", "no", "off"),
         )
 
 

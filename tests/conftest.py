@@ -164,10 +164,16 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+# Workers in tests plan with assumed costs: measuring them at every one of ~40 worker starts
+# costs a minute of the suite, and batches then come out the same on every machine.
+# test_e2e's embedded worker test and the bench tests measure them.
+ASSUMED_COSTS = {"BATCHQ_MEASURE_COSTS": "0"}
+
+
 def _services(pg_url: str, redis_url: str, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}
     env.update(BATCHQ_DATABASE_URL=pg_url, BATCHQ_BROKER_URL=redis_url, BATCHQ_HOME=str(home),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **ASSUMED_COSTS)
     return env
 
 
@@ -194,7 +200,7 @@ def shared_worker(pg_url, redis_url, tiny_model, tmp_path_factory):
 def embedded_env(tmp_path) -> dict[str, str]:
     """Environment for the CLI with no configuration but its home: SQLite database and broker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}
-    env.update(BATCHQ_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    env.update(BATCHQ_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1", **ASSUMED_COSTS)
     return env
 
 

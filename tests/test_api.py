@@ -21,7 +21,16 @@ import pytest
 
 from batchq.config import Settings
 from batchq.testing import WorkerProcess, stop_all
-from tests.conftest import BATCHQ, FAULTY_BATCHQ, REPO, batchq, free_port, scrape, wait_for
+from tests.conftest import (
+    ASSUMED_COSTS,
+    BATCHQ,
+    FAULTY_BATCHQ,
+    REPO,
+    batchq,
+    free_port,
+    scrape,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -67,7 +76,8 @@ def api_env(pg_url, redis_url, tmp_path_factory) -> dict[str, str]:
     env.update(BATCHQ_DATABASE_URL=pg_url, BATCHQ_BROKER_URL=redis_url, PYTHONUNBUFFERED="1",
                BATCHQ_HOME=str(tmp_path_factory.mktemp("api-home")), BATCHQ_LEASE_SECONDS="3",
                BATCHQ_API_MAX_FILE_BYTES=str(MAX_BYTES), BATCHQ_API_MAX_FILE_LINES=str(MAX_LINES),
-               BATCHQ_MODEL_ALIASES="gpt-4o-mini=tiny-for-tests", PYTHONPATH=str(REPO))
+               BATCHQ_MODEL_ALIASES="gpt-4o-mini=tiny-for-tests", PYTHONPATH=str(REPO),
+               **ASSUMED_COSTS)
     return env
 
 

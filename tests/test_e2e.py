@@ -262,7 +262,12 @@ def test_submit_then_worker_on_the_embedded_default(embedded_env, start_worker, 
     job = piped.stdout.strip()
     bad = batchq("submit", "-", "--model", str(tiny_model), env=embedded_env, input='{"prompt": "a"}\n{oops\n')
     assert bad.returncode == 3 and "<stdin>:2: invalid JSON" in bad.stderr
-    start_worker("--model", str(tiny_model), env=embedded_env)
+    # This worker measures its batch costs at start, as a user's does, and says what it found.
+    worker = start_worker("--model", str(tiny_model), env={**embedded_env, "BATCHQ_MEASURE_COSTS": "1"})
+    startup = next(line for line in worker.text().splitlines() if line.startswith("batchq worker:"))
+    assert "auto batches of up to 32 rows and 16384 tokens" in startup
+    assert re.search(r"cost model \(measured\): [\d.]+ ms a step, [\d.]+ ms a row-step, [\d.]+ us a "
+                     r"prompt token, [\d.]+ ns a context token$", startup), startup
     waited = batchq("submit", str(data), "--model", str(tiny_model), "--max-new-tokens", "4",
                     "--wait", env=embedded_env)
     assert waited.returncode == 0, waited.stderr

@@ -61,11 +61,12 @@ class Engine:
     def load(cls, model_ref: str, quant: str = "none", device: str | None = None,
              budget: BatchBudget | None = None, strategy: str | None = None, *,
              ignore_eos: bool = False, max_batch_tokens: int | None = None,
-             max_batch_rows: int | None = None, calibrate: bool = True) -> Engine:
+             max_batch_rows: int | None = None, calibrate: bool = False) -> Engine:
         """Load once per worker. The budget is `budget`, else sized from the device's free
         memory; max_batch_tokens and max_batch_rows (a profile, an option) override its parts.
-        With `calibrate`, the batch cost model is measured on the device (about a second on a
-        CPU with a tiny model); continuous batching is priced on a GPU only, since on a CPU
+        With `calibrate` (workers, `batchq bench`), the batch cost model is measured on the
+        device (about a second on a CPU with a tiny model); without, the planner uses assumed
+        costs; continuous batching is priced on a GPU only, since on a CPU
         every measurement put it behind static batches (README, Performance)."""
         device = device or select_device()
         model, tokenizer = load_pretrained(model_ref, quant, device)

@@ -93,7 +93,7 @@ def load_runtime(plan: WorkerPlan, settings: Settings) -> WorkerRuntime:
         log.warning("no CUDA device visible; GPU %s ignored, running on CPU", plan.gpu)
     engine = Engine.load(plan.variant.model, plan.variant.quant, device,
                          strategy=plan.strategy, max_batch_tokens=plan.max_batch_tokens,
-                         max_batch_rows=plan.max_batch_rows)
+                         max_batch_rows=plan.max_batch_rows, calibrate=settings.measure_costs)
     return start_runtime(engine, plan.variant, settings)
 
 

@@ -105,7 +105,7 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
     note(f"loading {variant.model} ({variant.quant}) on {device}")
     engine = Engine.load(variant.model, variant.quant, device, ignore_eos=bool(ignore_eos),
                          max_batch_tokens=options.max_batch_tokens,
-                         max_batch_rows=options.max_batch_rows)
+                         max_batch_rows=options.max_batch_rows, calibrate=True)
     gpu_name, bandwidth = (compare.gpu_bandwidth(device) if device.startswith("cuda")
                            else (None, None))
     meta: dict[str, Any] = {"model": variant.model, "random_weights": options.random_alias,
