@@ -148,6 +148,50 @@ def test_mixed_file_through_a_worker_on_postgres_and_redis(services_env, shared_
 
 
 @pytest.mark.services
+def test_identical_greedy_lines_are_generated_once_and_share_the_output(
+        services_env, shared_worker, tiny_model, tmp_path):
+    def chat(custom_id, text, **extra):
+        return {"custom_id": custom_id, "messages": [{"role": "user", "content": text}], **extra}
+
+    rows = [chat("a1", "Name a colour"), chat("b1", "Count to three"), chat("a2", "Name a colour"),
+            chat("a3", "Name a colour"), chat("b2", "Count to three"),
+            chat("a-longer", "Name a colour", max_new_tokens=3),  # another request: generated
+            chat("a-sampled", "Name a colour", temperature=0.8, seed=1)]  # sampled: generated
+    data = write_jsonl(tmp_path / "same.jsonl", rows)
+    outputs, metrics = {}, {}
+    for mode, extra in (("dedup", []), ("no-dedup", ["--no-dedup"])):
+        job = batchq("submit", str(data), "--model", str(tiny_model), "--max-new-tokens", "6",
+                     "--wait", *extra, env=services_env)
+        assert job.returncode == 0, job.stderr
+        job_id = job.stdout.strip()
+        res = batchq("results", job_id, "-o", str(tmp_path / f"{mode}.jsonl"), env=services_env)
+        assert res.returncode == 0, res.stderr
+        lines = [json.loads(x) for x in (tmp_path / f"{mode}.jsonl").read_text().splitlines()]
+        assert [r["custom_id"] for r in lines] == [r["custom_id"] for r in rows]
+        outputs[mode] = {r["custom_id"]: (r["output"], r["usage"]) for r in lines}
+        metrics[mode] = json.loads(batchq("status", job_id, "--json", env=services_env).stdout)
+        human = batchq("status", job_id, env=services_env).stdout
+        said = "3 line(s) answered from an identical line, not generated" in human
+        assert said == (mode == "dedup"), human
+    # a2, a3 copy a1; b2 copies b1. The limit-3 and the sampled line are generated.
+    assert metrics["dedup"]["metrics"]["deduplicated_lines"] == 3
+    assert metrics["no-dedup"]["metrics"]["deduplicated_lines"] == 0
+    assert metrics["no-dedup"]["settings"]["dedup"] is False
+    # Every line has its own result, and dedup changes no greedy output or usage.
+    for mode in outputs:
+        assert outputs[mode]["a1"] == outputs[mode]["a2"] == outputs[mode]["a3"]
+        assert outputs[mode]["b1"] == outputs[mode]["b2"]
+    greedy = [r["custom_id"] for r in rows if r["custom_id"] != "a-sampled"]
+    assert {k: outputs["dedup"][k] for k in greedy} == {k: outputs["no-dedup"][k] for k in greedy}
+    # Counted as generated tokens only once: the job's completion tokens are the generation's.
+    per_line = sum(u["completion_tokens"] for _, u in outputs["dedup"].values())
+    copies = sum(outputs["dedup"][k][1]["completion_tokens"] for k in ("a2", "a3", "b2"))
+    assert metrics["dedup"]["metrics"]["completion_tokens"] == per_line - copies
+    assert metrics["no-dedup"]["metrics"]["completion_tokens"] == sum(
+        u["completion_tokens"] for _, u in outputs["no-dedup"].values())
+
+
+@pytest.mark.services
 def test_an_invalid_file_is_refused_whole(services_env, tmp_path):
     rows = ['{"prompt": "fine"}', "{oops", '{"prompt": ""}', '{"custom_id": "a", "prompt": "x"}',
             '{"custom_id": "a", "prompt": "y"}', "[]"]

@@ -124,6 +124,10 @@ _GENERATION = (
     click.option("--json-schema", "json_schema", type=click.Path(dir_okay=False), default=None,
                  help="A JSON schema file: every line's output is JSON that matches it "
                       "(constrained decoding), unless the line gives its own."),
+    click.option("--no-dedup", "no_dedup", is_flag=True,
+                 help="Generate every line, even one identical to another (same prompt, greedy, "
+                      "same settings and model). Default: such lines are generated once and the "
+                      "output shared."),
     click.option("--thinking", type=click.Choice(["on", "off"]), default=None,
                  help="A thinking model's (Qwen3) reasoning before its answer, for lines that "
                       "do not set enable_thinking. Default: the model's chat template's."),
@@ -162,9 +166,10 @@ def generation_options(f: Any) -> Any:
         given = {name: kwargs.pop(name) for name in names}
         thinking = kwargs.pop("thinking")
         schema = kwargs.pop("json_schema")
+        dedup = False if kwargs.pop("no_dedup") else None
         return f(*args, job_settings=JobSettings(
             **given, thinking=None if thinking is None else thinking == "on",
-            json_schema=None if schema is None else _schema_file(schema)), **kwargs)
+            json_schema=None if schema is None else _schema_file(schema), dedup=dedup), **kwargs)
 
     for option in reversed(_GENERATION):
         command = option(command)

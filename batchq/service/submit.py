@@ -46,6 +46,8 @@ class JobSettings:
     thinking: bool | None = None
     # A JSON schema every line's output must match (lines may give their own).
     json_schema: dict[str, Any] | None = None
+    # False: identical greedy lines are each generated (`--no-dedup`); None: once, and shared.
+    dedup: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -91,6 +91,8 @@ class Chunk(Base):
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     decode_slots: Mapped[int] = mapped_column(BigInteger, default=0)
     generate_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # Lines answered with an identical line's output, not generated again (dedup).
+    deduplicated_lines: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     peak_memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
 

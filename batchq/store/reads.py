@@ -68,14 +68,17 @@ def describe(session: Session, job: Job) -> JobView:
         func.coalesce(func.sum(Chunk.generate_seconds), 0.0),
         func.coalesce(func.sum(Chunk.batches), 0),
         func.coalesce(func.max(Chunk.peak_memory_bytes), 0),
+        func.coalesce(func.sum(Chunk.deduplicated_lines), 0),
     ).where(Chunk.job_id == job.id)).one()
     # PostgreSQL sums BIGINT columns into NUMERIC: bring them back to Python ints.
-    prompt, padded, completion, slots, batches, peak = (int(v) for v in (*totals[:4], *totals[5:]))
+    prompt, padded, completion, slots, batches, peak, deduplicated = (
+        int(v) for v in (*totals[:4], *totals[5:]))
     metrics = JobMetrics(
         created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, now=utcnow(), generate_seconds=float(totals[4]),
         batches=batches, prompt_tokens=prompt, padded_prompt_tokens=padded,
-        completion_tokens=completion, decode_slots=slots, peak_memory_bytes=peak)
+        completion_tokens=completion, decode_slots=slots, peak_memory_bytes=peak,
+        deduplicated_lines=deduplicated)
     shares = variant_shares(session, job)
     return JobView(
         id=job.id, name=job.name, status=job.status, model=job.model, quant=job.quant,

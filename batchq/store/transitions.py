@@ -179,11 +179,13 @@ class Transitions:
                              finished_at=utcnow())
 
     def record_batch(self, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
-                     stats: Measured, next_batch: Sequence[int] = ()) -> JobStatus:
+                     stats: Measured, next_batch: Sequence[int] = (),
+                     deduplicated: int = 0) -> JobStatus:
         """Store one batch's lines and metrics in one commit. Returns the job's status: if it
         is no longer queued or running (cancelled, expired), the chunk should stop. While it
         is, the attempts of `next_batch` (the lines about to run) count in the same commit:
-        one round of the database per batch, not two."""
+        one round of the database per batch, not two. `deduplicated` of the outcomes are
+        copies of another line's generation (counted, never generated)."""
         now = utcnow()
         s = stats
         with session_scope(self.settings) as session:
@@ -202,6 +204,7 @@ class Transitions:
                 completion_tokens=chunks.completion_tokens + s.completion_tokens,
                 decode_slots=chunks.decode_slots + s.decode_slots,
                 generate_seconds=chunks.generate_seconds + s.seconds,
+                deduplicated_lines=chunks.deduplicated_lines + deduplicated,
                 peak_memory_bytes=s.peak_memory_bytes))
             if s.rows:
                 db.execute(insert(BATCH_RUNS).values(

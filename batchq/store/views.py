@@ -89,6 +89,7 @@ class JobMetrics:
     completion_tokens: int
     decode_slots: int
     peak_memory_bytes: int
+    deduplicated_lines: int = 0  # answered with an identical line's output, not generated
 
     @property
     def queue_wait_seconds(self) -> float | None:
@@ -132,6 +133,7 @@ class JobMetrics:
             "padding_efficiency": self.padding_efficiency,
             "decode_efficiency": self.decode_efficiency,
             "peak_memory_bytes": self.peak_memory_bytes,
+            "deduplicated_lines": self.deduplicated_lines,
         }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from batchq.engine import BatchOutput, GenerationSettings, PromptIn
@@ -57,6 +58,11 @@ class ChunkRun:
                           if claim.job_settings.get("sampling") == "model" else None)
         self.prompts = {line.id: _prompt(claim.job_settings, line, model_sampling)
                         for line in claim.lines}
+        # Identical greedy lines (same stored request under the same job settings: the same
+        # rendered prompt) are generated once; each copy gets the first one's output.
+        self.copies: dict[int, list[int]] = {}
+        if claim.job_settings.get("dedup", True):
+            self.copies = _identical(claim.lines, self.prompts)
         self.attempts = {line.id: line.attempts for line in claim.lines}
         self.errors = {line.id: line.error for line in claim.lines}
         self.in_flight: list[int] = []
@@ -64,6 +70,7 @@ class ChunkRun:
         # commit a batch), or by `_flush` once the lines run out.
         self.unwritten: BatchOutput | None = None
         self.done = self.failed = self.tokens = 0
+        self.deduplicated = 0  # copies among the unwritten output's completions, then written
         self.seconds = 0.0
         self.stopped: str | None = None  # cancelled | expired | shutdown | lease lost
 
@@ -100,9 +107,12 @@ class ChunkRun:
         and those of the batch that raised."""
         left = set(line_ids)
         self.in_flight = []
+        copied = {c for first in line_ids for c in self.copies.get(first, ())}
         try:
-            for output in self.runtime.engine.generate([self.prompts[i] for i in line_ids],
-                                                       on_batch=self._on_batch):
+            for output in self.runtime.engine.generate(
+                    [self.prompts[i] for i in line_ids if i not in copied],
+                    on_batch=self._on_batch):
+                output = self._with_copies(output, left)
                 self._store(output)
                 left -= {c.key for c in output.completions}
                 if self.stopped:
@@ -120,6 +130,17 @@ class ChunkRun:
             left -= set(raised)
             return [i for i in line_ids if i in left], raised
         return [], []
+
+    def _with_copies(self, output: BatchOutput, left: set[int]) -> BatchOutput:
+        """The batch's completions and their copies' (those still open in this run): the same
+        output, or the same failure (greedy decoding of the same prompt fails the same way),
+        under each copy's own line."""
+        extra = [replace(c, key=copy) for c in output.completions
+                 for copy in self.copies.get(c.key, ()) if copy in left]
+        if not extra:
+            return output
+        self.deduplicated += len(extra)
+        return BatchOutput(output.completions + extra, output.stats)
 
     def _alone(self, line_id: int) -> bool:
         """One attempt at one line; True if it should be tried again."""
@@ -184,12 +205,26 @@ class ChunkRun:
         output = self.unwritten
         if output is None:
             return
+        copies, self.deduplicated = self.deduplicated, 0
         job_status = self._patiently("storing a batch's results", lambda: self.store.record_batch(
             self.claim.chunk, self.runtime.name, output.completions, output.stats,
-            next_batch or ()))
+            next_batch or (), copies))
         self.unwritten = None
         if job_status not in ACTIVE_JOB_STATUSES:
             self.stopped = job_status.value  # cancelled or expired
+
+
+def _identical(lines: list[ClaimedLine], prompts: dict[int, PromptIn]) -> dict[int, list[int]]:
+    """First line id -> the ids of the greedy lines whose request is the same as its."""
+    first: dict[str, int] = {}
+    copies: dict[int, list[int]] = {}
+    for line in lines:
+        if not prompts[line.id].settings.greedy or line.attempts:
+            continue  # sampling differs by design; a suspect runs alone
+        seen = first.setdefault(line.request, line.id)
+        if seen != line.id:
+            copies.setdefault(seen, []).append(line.id)
+    return copies
 
 
 class _JobStopped(Exception):
