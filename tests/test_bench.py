@@ -36,7 +36,8 @@ def test_heavy_tailed_mix_is_mostly_short_with_a_few_very_long_prompts():
     assert 0.45 < sum(n < 1032 for n in uniform) / len(uniform) < 0.55
 
 
-def test_bench_runs_the_users_own_workload_file(tiny_model, embedded_env, tmp_path):
+def test_bench_runs_the_users_own_workload_file_in_process_and_as_a_job(tiny_model, embedded_env,
+                                                                       tmp_path):
     mine = tmp_path / "mine.jsonl"
     mine.write_text("\n".join(json.dumps(line) for line in [
         {"custom_id": "short", "messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 5},
@@ -46,7 +47,8 @@ def test_bench_runs_the_users_own_workload_file(tiny_model, embedded_env, tmp_pa
          "body": {"model": "x", "prompt": "Once upon a time", "max_tokens": 7}}]) + "\n")
     out = tmp_path / "bench.json"
     res = batchq("bench", str(tiny_model), "--workload", str(mine), "--ignore-eos",
-                 "--strategies", "naive,static,auto", "--json", str(out), env=embedded_env)
+                 "--strategies", "naive,static,auto", "--system", "--json", str(out),
+                 env=embedded_env)
     assert res.returncode == 0, res.stderr
     assert f"3 prompts of {mine}" in res.stderr and "cost model (measured)" in res.stderr
     assert "outputs identical across strategies: yes" in res.stdout
@@ -55,6 +57,22 @@ def test_bench_runs_the_users_own_workload_file(tiny_model, embedded_env, tmp_pa
     assert report["cost_model"]["measured"] is True
     for s in report["strategies"]:  # each line's own limit, every row run to it
         assert s["prompts"] == 3 and s["completion_tokens"] == 5 + 3 + 7
+
+    # The same lines as a real job (EOS honoured, as a job's lines must), against the naive
+    # loop and the engine alone on the same prompts.
+    assert "through queue, database and worker" in res.stdout and "outputs match" in res.stdout
+    assert re.search(r"end to end vs the naive loop \(EOS honoured, [\d,]+ output tokens/s\): "
+                     r"[\d.]+x", res.stdout)
+    system = report["system"]
+    assert system["backend"] == "embedded (SQLite)" and system["outputs_match"] is True
+    assert system["completion_tokens"] > 0 and system["batches"] >= 1
+    assert system["ratio"] == pytest.approx(system["system_tokens_per_s"]
+                                            / system["engine_tokens_per_s"])
+    assert system["speedup_vs_naive"] == pytest.approx(system["system_tokens_per_s"]
+                                                       / system["naive_tokens_per_s"])
+    # The bench job ran in a throwaway store: the user's own job list is untouched.
+    listed = batchq("status", env=embedded_env)
+    assert system["job_id"] not in listed.stdout
 
     mine.write_text('{"custom_id": "a", "prompt": "fine"}\n{"custom_id": "b", "max_new_tokens": 4}\n')
     res = batchq("bench", str(tiny_model), "--workload", str(mine), env=embedded_env)
@@ -97,22 +115,6 @@ def test_bench_compares_every_strategy_on_the_same_prompts(tiny_model, embedded_
     assert by_name["static"]["batches"] >= 3  # 4 rows a batch
     assert by_name["continuous"]["padding_pct"] == 0.0
     assert by_name["static"]["wasted_decode_pct"] < by_name["naive"]["wasted_decode_pct"]
-
-
-def test_bench_system_runs_the_workload_as_a_real_job(tiny_model, embedded_env, tmp_path):
-    out = tmp_path / "bench.json"
-    res = batchq("bench", str(tiny_model), *SMALL, "--strategies", "static", "--system",
-                 "--json", str(out), env=embedded_env)
-    assert res.returncode == 0, res.stderr
-    assert "through queue, database and worker" in res.stdout and "outputs match" in res.stdout
-    system = json.loads(out.read_text())["system"]
-    assert system["backend"] == "embedded (SQLite)" and system["outputs_match"] is True
-    assert system["completion_tokens"] > 0 and system["batches"] >= 1
-    assert system["ratio"] == pytest.approx(system["system_tokens_per_s"]
-                                            / system["engine_tokens_per_s"])
-    # The bench job ran in a throwaway store: the user's own job list is untouched.
-    listed = batchq("status", env=embedded_env)
-    assert system["job_id"] not in listed.stdout
 
 
 @pytest.mark.parametrize("args, fragment", [
