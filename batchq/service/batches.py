@@ -165,7 +165,7 @@ def create(settings: Settings, tenant: Tenant, input_file_id: str, endpoint: str
             session.add(tenancy.batch_record(replace(row, job_id=job.id), idempotency_key))
 
         try:
-            store_checked(settings, source.filename, reopen, checked, variant, job, batch_row)
+            store_checked(settings, source.filename, checked, variant, job, batch_row)
         except IntegrityError:  # the same idempotency key at the same moment: theirs stands
             earlier = (tenancy.batch_by_idempotency_key(settings, tenant.name, idempotency_key)
                        if idempotency_key else None)

@@ -1,8 +1,9 @@
 """Reading an input file for a job: spooled if it is stdin, every line checked before anything
 is stored, and each accepted line's chunk planned by its size.
 
-The file is read twice and never held whole: the first pass keeps counts, 8-byte digests of
-the custom ids and one integer per line; the second pass streams the rows into the database.
+The file is read and checked once and never held whole. The check keeps counts, 8-byte digests
+of the custom ids and one integer per line in memory, and each line's row as it will be stored
+in a spool file on disk (RowSpool); storing the job then streams the spool into the database.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import struct
 import sys
 import tempfile
 from array import array
@@ -22,7 +24,7 @@ from batchq.config import Settings
 from batchq.engine.planning import order_key
 from batchq.engine.schemas import schema_problem
 from batchq.errors import InputError, NotFound
-from batchq.formats import LineError, Request, iter_raw_lines, parse_line
+from batchq.formats import LineError, LineKind, Request, iter_raw_lines, parse_line
 from batchq.variants import Variant
 
 MAX_PROBLEMS_SHOWN = 20
@@ -92,6 +94,39 @@ def _size_key(request: Request, default_limit: int) -> int:
     return (bucket << 40) | min(length, (1 << 40) - 1)
 
 
+KINDS = list(LineKind)
+
+
+class RowSpool:
+    """Every line's row as the check found it, in file order, in a temporary file: the line
+    number, its kind (INVALID for a refused line), its custom_id, and its normalised request
+    (or, refused, the reason). Storing reads it back instead of reading and checking again."""
+
+    HEAD = struct.Struct("<IBII")  # line number, kind, custom_id bytes, payload bytes
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(prefix="batchq-rows-")  # noqa: SIM115 (closed by close())
+
+    def add(self, line_no: int, kind: LineKind, custom_id: str, payload: str) -> None:
+        cid = custom_id.encode("utf-8", "surrogatepass")
+        data = payload.encode("utf-8", "surrogatepass")
+        self.file.write(self.HEAD.pack(line_no, KINDS.index(kind), len(cid), len(data)))
+        self.file.write(cid)
+        self.file.write(data)
+
+    def rows(self) -> Iterator[tuple[int, LineKind, str, str]]:
+        self.file.flush()
+        self.file.seek(0)
+        read, size = self.file.read, self.HEAD.size
+        while head := read(size):
+            line_no, kind, cid_len, data_len = self.HEAD.unpack(head)
+            yield (line_no, KINDS[kind], read(cid_len).decode("utf-8", "surrogatepass"),
+                   read(data_len).decode("utf-8", "surrogatepass"))
+
+    def close(self) -> None:
+        self.file.close()
+
+
 @dataclass
 class Checked:
     """What the first pass keeps: counts, the refused lines' reasons and each line's size key."""
@@ -102,6 +137,7 @@ class Checked:
     sizes: array[int] = field(default_factory=lambda: array("q"))
     variant_of: array[int] = field(default_factory=lambda: array("h"))  # per accepted line
     variants: list[Variant] = field(default_factory=list)  # what variant_of indexes
+    rows: RowSpool = field(default_factory=RowSpool)
 
 
 def check_all(name: str, stream: IO[bytes], settings: Settings, default_limit: int,
@@ -124,8 +160,11 @@ def check_all(name: str, stream: IO[bytes], settings: Settings, default_limit: i
             checked.accepted += 1
             checked.sizes.append(_size_key(request, default_limit))
             checked.variant_of.append(variant)
+            checked.rows.add(line_no, request.kind, request.custom_id, request.to_json())
         except LineError as exc:
             checked.refused[line_no] = exc
+            checked.rows.add(line_no, LineKind.INVALID, guess_custom_id(raw, line_no, settings),
+                             str(exc))
             if len(checked.problems) < MAX_PROBLEMS_SHOWN:
                 checked.problems.append(f"{name}:{line_no}: {exc}")
         if checked.accepted + len(checked.refused) > settings.max_file_lines:

@@ -6,19 +6,16 @@ import uuid
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import IO, Any
+from typing import Any
 
 from batchq.config import Settings, get_settings
 from batchq.engine.types import DEFAULT_MAX_NEW_TOKENS
-from batchq.formats import LineError, LineKind, Request, iter_raw_lines
+from batchq.formats import LineError, LineKind, Request
 from batchq.service import dispatch
 from batchq.service.intake import (
     Checked,
-    Reopen,
     check_all,
-    check_line,
     chunk_by_size,
-    guess_custom_id,
     open_input,
     refuse_unless_runnable,
 )
@@ -103,14 +100,14 @@ def submit(path: str, model: str, quant: str | None = None, *,
         refuse_unless_runnable(source, checked, skip_invalid)
         if refused is not None:
             refused.extend(checked.problems)
-        return store_checked(settings, source, reopen, checked, variant,
+        return store_checked(settings, source, checked, variant,
                              NewJob(id=uuid.uuid4().hex, name=name, source=source,
                                     model=variant.model, quant=variant.quant,
                                     queue=variant.queue, settings=job_settings.to_dict(),
                                     total_lines=checked.accepted + len(checked.refused)))
 
 
-def store_checked(settings: Settings, source: str, reopen: Reopen, checked: Checked,
+def store_checked(settings: Settings, source: str, checked: Checked,
                   variant: Variant, job: NewJob, also: Also | None = None) -> str:
     """A checked file becomes a job: its chunks planned, every row stored in one transaction
     (with `also`'s rows), its chunks queued. Returns the job's id."""
@@ -121,24 +118,20 @@ def store_checked(settings: Settings, source: str, reopen: Reopen, checked: Chec
     variant_of_chunk = {seq: variants[checked.variant_of[i]] for i, seq in enumerate(chunk_of)}
     checked.sizes = array("q")
     check_broker(settings)
-    with reopen() as stream:
-        chunks = create_job(settings, job, _new_lines(stream, checked, chunk_of, settings),
-                            variant_of_chunk, also)
+    try:
+        chunks = create_job(settings, job, _new_lines(checked, chunk_of), variant_of_chunk, also)
+    finally:
+        checked.rows.close()
     dispatch.send(settings, chunks)
     return job.id
 
 
-def _new_lines(stream: IO[bytes], checked: Checked, chunk_of: array[int],
-               settings: Settings) -> Iterator[NewLine]:
-    """Second pass: each line as it will be stored, in file order."""
+def _new_lines(checked: Checked, chunk_of: array[int]) -> Iterator[NewLine]:
+    """Each line as it will be stored, in file order, from the check's spool."""
     accepted = 0
-    for line_no, raw in iter_raw_lines(stream):
-        reason = checked.refused.get(line_no)
-        if reason is not None:
-            yield NewLine(line_no, guess_custom_id(raw, line_no, settings), LineKind.INVALID,
-                          refused=str(reason))
+    for line_no, kind, custom_id, payload in checked.rows.rows():
+        if kind is LineKind.INVALID:
+            yield NewLine(line_no, custom_id, kind, refused=payload)
             continue
-        request = check_line(raw, line_no, settings)
-        yield NewLine(line_no, request.custom_id, request.kind, request.to_json(),
-                      chunk_seq=chunk_of[accepted])
+        yield NewLine(line_no, custom_id, kind, payload, chunk_seq=chunk_of[accepted])
         accepted += 1

@@ -3,13 +3,14 @@ exists whole or not at all."""
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, update
+from sqlalchemy import Connection, Table, insert, update
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
@@ -23,6 +24,7 @@ from batchq.store.views import ChunkRef
 from batchq.variants import Variant
 
 INSERT_BATCH = 1000
+LINES = cast(Table, Line.__table__)
 
 # More rows written in the job's transaction (an HTTP batch's own row): called with the
 # session once the job's rows are in it.
@@ -68,17 +70,23 @@ def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
             total_lines=job.total_lines, total_chunks=0, created_at=now,
             expires_at=job.expires_at))
         session.flush()
-        rows: list[dict[str, Any]] = []
         spans: dict[int, list[int]] = {}  # chunk seq -> [first line, last line]
-        for line in lines:
-            if line.refused is None:
-                spans.setdefault(line.chunk_seq, [line.line_no, line.line_no])[1] = line.line_no
-            rows.append(_line_row(job.id, line, now))
-            if len(rows) >= INSERT_BATCH:
-                session.execute(insert(Line), rows)
-                rows = []
-        if rows:
-            session.execute(insert(Line), rows)
+
+        def rows() -> Iterator[dict[str, Any]]:
+            for line in lines:
+                if line.refused is None:
+                    spans.setdefault(line.chunk_seq, [line.line_no, line.line_no])[1] = \
+                        line.line_no
+                yield _line_row(job.id, line, now)
+
+        db = session.connection()
+        if db.dialect.name == "postgresql":
+            _copy_lines(db, rows())
+        else:
+            # Core inserts: the ORM's per-row bookkeeping cost more than the database did.
+            stream = rows()
+            while batch := list(itertools.islice(stream, INSERT_BATCH)):
+                db.execute(insert(LINES), batch)
         session.execute(insert(Chunk), [_chunk_row(job.id, seq, spans[seq],
                                                    variant_of_chunk[seq], now)
                                         for seq in sorted(spans)])
@@ -88,12 +96,35 @@ def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
         return select_chunks(session, Chunk.job_id == job.id)
 
 
+# Every column a new line's row sets (_line_row), in COPY's order.
+COPY_COLUMNS = ("job_id", "line_no", "chunk_seq", "custom_id", "kind", "attempts", "created_at",
+                "request", "status", "finished_at", "error")
+
+
+def _copy_lines(db: Connection, rows: Iterator[dict[str, Any]]) -> None:
+    """PostgreSQL's COPY, in the job's transaction: several times faster than INSERTs for a
+    big file. Each value goes through its column's own bind processing (enums to their
+    strings, NUL-safe text, UTC times), as an INSERT's would."""
+    processors = [LINES.c[name].type.bind_processor(db.dialect) for name in COPY_COLUMNS]
+    steps = list(zip(COPY_COLUMNS, processors, strict=True))
+    raw = db.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor, cursor.copy(
+            f"COPY lines ({', '.join(COPY_COLUMNS)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([value if process is None else process(value)
+                            for name, process in steps
+                            for value in (row[name],)])
+
+
 def _line_row(job_id: str, line: NewLine, now: datetime) -> dict[str, Any]:
     row: dict[str, Any] = {"job_id": job_id, "line_no": line.line_no,
                            "chunk_seq": line.chunk_seq, "custom_id": line.custom_id,
                            "kind": line.kind, "attempts": 0, "created_at": now}
+    # Every row has the same keys: one Core executemany takes its columns from the first row.
     if line.refused is None:
-        row.update(request=line.request, status=LineStatus.PENDING)
+        row.update(request=line.request, status=LineStatus.PENDING, finished_at=None,
+                   error=None)
     else:
         # Its request is not kept: it was not valid.
         row.update(request="null", status=LineStatus.FAILED, finished_at=now,
