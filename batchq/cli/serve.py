@@ -23,7 +23,8 @@ from batchq.errors import ConfigError
 @click.option("--max-batch-rows", type=click.IntRange(1), default=None,
               help="Most prompts in one GPU batch.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
-              help="Batching strategy (default: the fastest measured for the device; see "
+              help="Batching strategy (default: auto, static batches or continuous batching per "
+                   "group, whichever the worker's measured cost model predicts is faster; see "
                    "README). naive is the tutorial loop, kept as a baseline.")
 @click.option("--beat", "with_beat", is_flag=True,
               help="Also make schedules fire from this process (`batchq beat` embedded; one "

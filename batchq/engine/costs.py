@@ -120,7 +120,8 @@ def calibration_shapes(max_rows: int, max_tokens: int) -> list[tuple[int, int, i
 def calibrate(time_batch: Timer, max_rows: int, max_tokens: int,
               time_continuous: Timer | None = None) -> CostModel:
     """Time each shape twice, keep the faster (the machine may be busy), and fit. With
-    `time_continuous`, a continuous run of the widest decode shape prices its steps."""
+    `time_continuous`, a continuous run of the third shape (several rows decoding) prices
+    continuous batching's steps: what it took beyond the static prediction, per step."""
     shapes = calibration_shapes(max_rows, max_tokens)
     time_batch(*shapes[0])  # the first call of a process pays for lazy set-up
     samples = [(*shape, min(time_batch(*shape), time_batch(*shape))) for shape in shapes]
