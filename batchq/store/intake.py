@@ -8,23 +8,22 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, insert, update
+from sqlalchemy import Connection, insert, update
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
 from batchq.formats import LineKind
 from batchq.states import ChunkStatus, JobStatus, LineStatus
 from batchq.store.database import utcnow
-from batchq.store.models import Chunk, Job, Line
+from batchq.store.models import LINES, Chunk, Job
 from batchq.store.reads import select_chunks
 from batchq.store.sessions import session_scope
 from batchq.store.views import ChunkRef
 from batchq.variants import Variant
 
 INSERT_BATCH = 1000
-LINES = cast(Table, Line.__table__)
 
 # More rows written in the job's transaction (an HTTP batch's own row): called with the
 # session once the job's rows are in it.

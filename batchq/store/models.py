@@ -4,6 +4,7 @@ changes only through migrations/; tests prove the two agree (batchq.store.schema
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -159,3 +161,8 @@ class BatchRun(Base):
     padded_prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     decode_slots: Mapped[int] = mapped_column(Integer)
+
+
+# The tables, for Core statements where the ORM's bookkeeping costs more than the database
+# does: a worker's writes per batch, and a new job's lines.
+LINES, CHUNKS, JOBS, BATCH_RUNS = (cast(Table, m.__table__) for m in (Line, Chunk, Job, BatchRun))

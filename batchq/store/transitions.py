@@ -27,9 +27,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
@@ -37,7 +37,7 @@ from batchq.errors import NotNow
 from batchq.formats import LineKind
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
 from batchq.store.database import utcnow
-from batchq.store.models import BatchRun, Chunk, Job, Line
+from batchq.store.models import BATCH_RUNS, CHUNKS, JOBS, LINES, Chunk, Job, Line
 from batchq.store.reads import describe, find_job, line_counts, select_chunks
 from batchq.store.sessions import changed_rows, session_scope
 from batchq.store.views import ChunkRef, Claim, ClaimedLine, JobView
@@ -332,10 +332,6 @@ class Transitions:
             session.execute(update(Line).where(Line.id.in_(list(line_ids)),
                                                Line.status == LineStatus.PENDING)
                             .values(**values))
-
-
-# The tables, for Core statements on the worker's hot path.
-LINES, CHUNKS, JOBS, BATCH_RUNS = (cast(Table, m.__table__) for m in (Line, Chunk, Job, BatchRun))
 
 
 def _count_attempts(session: Session, line_ids: Sequence[int], now: datetime) -> None:

@@ -30,7 +30,7 @@ class AutoStrategy(Strategy):
             [len(i.ids) for i in items], [i.limit for i in items], runner.budget.max_rows)
         if paged_seconds is None:
             return static
-        static_seconds = static.predicted_seconds(static.plan(items))
+        static_seconds = static.predicted_seconds(items)
         log.info("%d prompts: static batches %.2f s, continuous %.2f s predicted", len(items),
                  static_seconds, paged_seconds)
         return paged if paged_seconds < static_seconds else static

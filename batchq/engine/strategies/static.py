@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator
 
 from batchq.engine.device import is_out_of_memory
-from batchq.engine.planning import batch_cost, plan_batches
+from batchq.engine.planning import batch_cost, plan_batches, plan_seconds
 from batchq.engine.strategies.base import Strategy
 from batchq.engine.types import BatchOutput, OnBatch, WorkItem
 
@@ -35,14 +35,16 @@ class StaticBatches(Strategy):
 
     def plan(self, items: list[WorkItem]) -> list[list[WorkItem]]:
         """The batches, cheapest first-to-last under the runner's cost model."""
-        batches = plan_batches([len(i.ids) for i in items], [i.limit for i in items],
-                               self.runner.budget, self.runner.cost)
-        return [[items[i] for i in batch] for batch in batches]
+        return [[items[i] for i in batch] for batch in self._planned(items)[0]]
 
-    def predicted_seconds(self, batches: list[list[WorkItem]]) -> float:
-        cost = self.runner.cost
-        return sum(cost.batch_seconds(len(b), max(len(i.ids) for i in b), max(i.limit for i in b))
-                   for b in batches)
+    def predicted_seconds(self, items: list[WorkItem]) -> float:
+        """What the planned batches of `items` cost under the runner's cost model."""
+        batches, lengths, limits = self._planned(items)
+        return plan_seconds(batches, lengths, limits, self.runner.cost)
+
+    def _planned(self, items: list[WorkItem]) -> tuple[list[list[int]], list[int], list[int]]:
+        lengths, limits = [len(i.ids) for i in items], [i.limit for i in items]
+        return plan_batches(lengths, limits, self.runner.budget, self.runner.cost), lengths, limits
 
     def _split_on_oom(self, items: list[WorkItem]) -> Iterator[BatchOutput]:
         runner = self.runner
