@@ -68,3 +68,25 @@ def test_submit_streams_a_large_file_in_bounded_memory(embedded_env, tmp_path):
     assert (tmp_path / "large.jsonl").stat().st_size > 15e6
     assert large - small < 55_000 * 200, (small, large)
     assert large < 200 * 2**20, large
+
+
+def test_a_big_job_on_postgres_is_planned_on_fresh_statistics(services_env, tmp_path):
+    # Right after a bulk load the planner's statistics still say "a few rows", and reads of
+    # the job (status, results) took seconds per 100k lines until autovacuum caught up; a
+    # big submit analyzes the table itself. Its results come back whole, in input order.
+    from benchmarks.ingest import write_file
+    from tests.conftest import batchq, sql
+
+    path = tmp_path / "big.jsonl"
+    write_file(path, 21_000)
+    job = batchq("submit", str(path), "--model", "qwen2.5-0.5b-instruct", "--model-override",
+                 env=services_env).stdout.strip()
+    [[estimate]] = sql(services_env, "SELECT reltuples FROM pg_class WHERE relname = 'lines'")
+    assert estimate >= 21_000
+    done = batchq("results", job, env=services_env)
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["custom_id"] for line in out] == [f"r{i}" for i in range(21_000)]
+    # Nothing ran yet: plain lines say pending, OpenAI lines have neither response nor error.
+    assert all(line["status"] == "pending" for line in out[0::2])
+    assert all(line["response"] is None and line["error"] is None for line in out[1::2])

@@ -5,7 +5,15 @@ import json
 
 import pytest
 
-from batchq.formats import LineError, LineResult, iter_raw_lines, parse_line, render_result
+from batchq.formats import (
+    LineError,
+    LineKind,
+    LineResult,
+    iter_raw_lines,
+    parse_line,
+    render_result,
+)
+from batchq.states import LineStatus
 
 
 def parse(obj, line_no=1):
@@ -125,7 +133,8 @@ def _result(**kw):
     base = dict(line_no=3, custom_id="c", kind="prompt", status="succeeded", output="hi",
                 finish_reason="stop", error=None, prompt_tokens=5, completion_tokens=2)
     base.update(kw)
-    return LineResult(**base)
+    return LineResult(**{**base, "kind": LineKind(base["kind"]),
+                         "status": LineStatus(base["status"])})
 
 
 def test_plain_result_shape():

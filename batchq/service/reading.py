@@ -47,8 +47,13 @@ def rendered(job_ref: str, settings: Settings | None = None
     input order, streamed: the one place results are rendered."""
     view, rows = results(job_ref, settings)
     created = int(view.metrics.created_at.timestamp())
-    return view, ((row.status, json.dumps(render_result(row, view.id, view.model, created),
-                                          ensure_ascii=False)) for row in rows)
+    encode = _ENCODER.encode
+    return view, ((row.status, encode(render_result(row, view.id, view.model, created)))
+                  for row in rows)
+
+
+# One encoder for every line: json.dumps with an option builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 @dataclass(frozen=True)

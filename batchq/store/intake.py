@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, insert, text, update
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
@@ -79,7 +79,8 @@ def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
                 yield _line_row(job.id, line, now)
 
         db = session.connection()
-        if db.dialect.name == "postgresql":
+        postgres = db.dialect.name == "postgresql"
+        if postgres:
             _copy_lines(db, rows())
         else:
             # Core inserts: the ORM's per-row bookkeeping cost more than the database did.
@@ -92,7 +93,20 @@ def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
         session.execute(update(Job).where(Job.id == job.id).values(total_chunks=len(spans)))
         if also is not None:
             also(session)
-        return select_chunks(session, Chunk.job_id == job.id)
+        chunks = select_chunks(session, Chunk.job_id == job.id)
+    if postgres and job.total_lines >= ANALYZE_AFTER_LINES:
+        _analyze(settings)
+    return chunks
+
+
+# A job this big changes the lines table's statistics enough that the planner, until
+# autovacuum catches up (a minute or more), picks nested loops over a million rows.
+ANALYZE_AFTER_LINES = 20_000
+
+
+def _analyze(settings: Settings) -> None:
+    with session_scope(settings) as session:
+        session.execute(text("ANALYZE lines"))
 
 
 # Every column a new line's row sets (_line_row), in COPY's order.
