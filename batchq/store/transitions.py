@@ -126,16 +126,17 @@ class Transitions:
             if job.status is JobStatus.QUEUED:
                 job.status = JobStatus.RUNNING
                 job.started_at = job.started_at or now  # a retried job keeps its first start
-            lines = session.scalars(
-                select(Line).where(Line.job_id == job.id, Line.chunk_seq == chunk.seq,
-                                   Line.status == LineStatus.PENDING)
+            # Columns, not Line objects: the ORM's bookkeeping of a chunk's worth of them
+            # cost more than the query.
+            lines = session.execute(
+                select(Line.id, Line.custom_id, Line.kind, Line.request, Line.attempts,
+                       Line.error)
+                .where(Line.job_id == job.id, Line.chunk_seq == chunk.seq,
+                       Line.status == LineStatus.PENDING)
                 .order_by(Line.line_no))
             ref, = select_chunks(session, Chunk.id == chunk.id)
-            return Claim(
-                chunk=ref, job_settings=json.loads(job.settings),
-                lines=[ClaimedLine(line.id, line.custom_id, line.kind, line.request,
-                                   line.attempts, line.error) for line in lines],
-                token=chunk.attempts)
+            return Claim(chunk=ref, job_settings=json.loads(job.settings),
+                         lines=[ClaimedLine(*line) for line in lines], token=chunk.attempts)
 
     def renew(self, chunk_id: int, token: int) -> bool:
         """Extend the lease; False if another claim has taken the chunk."""
@@ -189,31 +190,29 @@ class Transitions:
         now = utcnow()
         s = stats
         with session_scope(self.settings) as session:
-            # Core statements on the session's connection: the ORM's bookkeeping of updated
-            # objects costs more than the database does on a fast engine's small batches.
+            # Core statements built once (below) on the session's connection: building them
+            # and the ORM's bookkeeping cost more than the database does on a fast engine's
+            # small batches.
             db = session.connection()
             if outcomes:
                 # One statement for the whole batch, executed over its rows: a round trip per
                 # line would cost more than a small model's whole batch (README, Performance).
                 db.execute(LINE_RESULT, [_result_row(c, now) for c in outcomes])
-            chunks = CHUNKS.c
-            db.execute(update(CHUNKS).where(chunks.id == chunk.id).values(
-                batches=chunks.batches + (1 if s.rows else 0),
-                prompt_tokens=chunks.prompt_tokens + s.prompt_tokens,
-                padded_prompt_tokens=chunks.padded_prompt_tokens + s.padded_prompt_tokens,
-                completion_tokens=chunks.completion_tokens + s.completion_tokens,
-                decode_slots=chunks.decode_slots + s.decode_slots,
-                generate_seconds=chunks.generate_seconds + s.seconds,
-                deduplicated_lines=chunks.deduplicated_lines + deduplicated,
-                peak_memory_bytes=s.peak_memory_bytes))
+            db.execute(CHUNK_BATCH, {
+                "c_id": chunk.id, "c_batches": 1 if s.rows else 0,
+                "c_prompt_tokens": s.prompt_tokens,
+                "c_padded_prompt_tokens": s.padded_prompt_tokens,
+                "c_completion_tokens": s.completion_tokens, "c_decode_slots": s.decode_slots,
+                "c_generate_seconds": s.seconds, "c_deduplicated_lines": deduplicated,
+                "c_peak_memory_bytes": s.peak_memory_bytes})
             if s.rows:
-                db.execute(insert(BATCH_RUNS).values(
-                    job_id=chunk.job_id, chunk_seq=chunk.seq, worker=worker, finished_at=now,
-                    seconds=s.seconds, rows=s.rows, prompt_tokens=s.prompt_tokens,
-                    padded_prompt_tokens=s.padded_prompt_tokens,
-                    completion_tokens=s.completion_tokens, decode_slots=s.decode_slots))
-            status = JobStatus(db.execute(select(JOBS.c.status)
-                                          .where(JOBS.c.id == chunk.job_id)).scalar_one())
+                db.execute(insert(BATCH_RUNS), {
+                    "job_id": chunk.job_id, "chunk_seq": chunk.seq, "worker": worker,
+                    "finished_at": now, "seconds": s.seconds, "rows": s.rows,
+                    "prompt_tokens": s.prompt_tokens,
+                    "padded_prompt_tokens": s.padded_prompt_tokens,
+                    "completion_tokens": s.completion_tokens, "decode_slots": s.decode_slots})
+            status = JobStatus(db.execute(JOB_STATUS, {"j_id": chunk.job_id}).scalar_one())
             if next_batch and status in ACTIVE_JOB_STATUSES:
                 _count_attempts(session, next_batch, now)
             return status
@@ -335,14 +334,24 @@ class Transitions:
 
 
 def _count_attempts(session: Session, line_ids: Sequence[int], now: datetime) -> None:
-    lines = LINES.c
-    session.connection().execute(
-        update(LINES).where(lines.id.in_(list(line_ids)),
-                                     lines.status == LineStatus.PENDING)
-        .values(attempts=lines.attempts + 1, started_at=now))
+    session.connection().execute(COUNT_ATTEMPTS, {"a_ids": list(line_ids), "a_now": now})
 
 
+# The statements of a batch, built once: per call, building one cost about as much as the
+# database took to run it.
 _lines = LINES.c
+COUNT_ATTEMPTS = (update(LINES)
+                  .where(_lines.id.in_(bindparam("a_ids", expanding=True)),
+                         _lines.status == LineStatus.PENDING)
+                  .values(attempts=_lines.attempts + 1, started_at=bindparam("a_now")))
+_chunks = CHUNKS.c
+# A batch's totals, added to its chunk's (the job's metrics sum them).
+CHUNK_BATCH = (update(CHUNKS).where(_chunks.id == bindparam("c_id"))
+               .values({name: _chunks[name] + bindparam(f"c_{name}") for name in (
+                   "batches", "prompt_tokens", "padded_prompt_tokens", "completion_tokens",
+                   "decode_slots", "generate_seconds", "deduplicated_lines")})
+               .values(peak_memory_bytes=bindparam("c_peak_memory_bytes")))
+JOB_STATUS = select(JOBS.c.status).where(JOBS.c.id == bindparam("j_id"))
 # A batch's results, one parameter set per line (bind names may not be column names).
 LINE_RESULT = (update(LINES)
                .where(_lines.id == bindparam("b_id"), _lines.status == LineStatus.PENDING)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery, Task
@@ -13,18 +14,30 @@ from batchq.worker.runtime import current_runtime
 
 log = logging.getLogger(__name__)
 
+# Seconds between two progress events of one chunk, at most (the summary ends it anyway).
+PROGRESS_INTERVAL = 0.25
+
 
 def handle_chunk(chunk_id: int, task: Task | None = None) -> dict[str, Any]:
     """The task body. Returns a summary, which Flower shows as the task's result; while it
-    runs, each batch sends a `task-progress` event, which Flower shows as the task's state
-    (PROGRESS) and result (how far it is) until the summary replaces them."""
+    runs, each batch sends a `task-progress` event (at most one per PROGRESS_INTERVAL), which
+    Flower shows as the task's state (PROGRESS) and result (how far it is) until the summary
+    replaces them."""
     runtime = current_runtime()
     if task is None:
         return run_chunk(chunk_id, runtime)
 
+    last_sent = [float("-inf")]
+
     def progress(text: str) -> None:
+        # Progress is for people: a few events a second are plenty, and a fast engine's
+        # hundred batches a second would spend a tenth of the worker on them.
+        now = time.monotonic()
+        if now - last_sent[0] < PROGRESS_INTERVAL:
+            return
+        last_sent[0] = now
         try:
-            # No retries: progress is for people, and must never hold up the chunk.
+            # No retries: it must never hold up the chunk.
             task.send_event("task-progress", retry=False, result=text)
         except Exception as exc:
             log.debug("progress event not sent: %s", exc)
