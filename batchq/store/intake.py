@@ -83,10 +83,7 @@ def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
         if postgres:
             _copy_lines(db, rows())
         else:
-            # Core inserts: the ORM's per-row bookkeeping cost more than the database did.
-            stream = rows()
-            while batch := list(itertools.islice(stream, INSERT_BATCH)):
-                db.execute(insert(LINES), batch)
+            _insert_lines(db, rows())
         session.execute(insert(Chunk), [_chunk_row(job.id, seq, spans[seq],
                                                    variant_of_chunk[seq], now)
                                         for seq in sorted(spans)])
@@ -109,25 +106,46 @@ def _analyze(settings: Settings) -> None:
         session.execute(text("ANALYZE lines"))
 
 
-# Every column a new line's row sets (_line_row), in COPY's order.
-COPY_COLUMNS = ("job_id", "line_no", "chunk_seq", "custom_id", "kind", "attempts", "created_at",
+# Every column a new line's row sets (_line_row), in the order the statements below name them.
+LINE_COLUMNS = ("job_id", "line_no", "chunk_seq", "custom_id", "kind", "attempts", "created_at",
                 "request", "status", "finished_at", "error")
 
 
 def _copy_lines(db: Connection, rows: Iterator[dict[str, Any]]) -> None:
     """PostgreSQL's COPY, in the job's transaction: several times faster than INSERTs for a
-    big file. Each value goes through its column's own bind processing (enums to their
-    strings, NUL-safe text, UTC times), as an INSERT's would."""
-    processors = [LINES.c[name].type.bind_processor(db.dialect) for name in COPY_COLUMNS]
-    steps = list(zip(COPY_COLUMNS, processors, strict=True))
+    big file."""
     raw = db.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cursor, cursor.copy(
-            f"COPY lines ({', '.join(COPY_COLUMNS)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([value if process is None else process(value)
-                            for name, process in steps
-                            for value in (row[name],)])
+            f"COPY lines ({', '.join(LINE_COLUMNS)}) FROM STDIN") as copy:
+        for values in _bound(db, rows):
+            copy.write_row(values)
+
+
+def _insert_lines(db: Connection, rows: Iterator[dict[str, Any]]) -> None:
+    """Elsewhere (SQLite), the driver's own executemany, a thousand rows at a time: through
+    SQLAlchemy, handling each row's parameters cost more than SQLite took to store it."""
+    raw = db.connection.driver_connection
+    if raw is None or db.dialect.paramstyle != "qmark":  # not SQLite's driver: the portable way
+        while dicts := list(itertools.islice(rows, INSERT_BATCH)):
+            db.execute(insert(LINES), dicts)
+        return
+    sql = (f"INSERT INTO lines ({', '.join(LINE_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(LINE_COLUMNS))})")
+    cursor = raw.cursor()
+    bound = _bound(db, rows)
+    while batch := list(itertools.islice(bound, INSERT_BATCH)):
+        cursor.executemany(sql, batch)
+
+
+def _bound(db: Connection, rows: Iterator[dict[str, Any]]) -> Iterator[list[Any]]:
+    """Each row's values in LINE_COLUMNS order, each through its column's own bind processing
+    (enums to their strings, NUL-safe text, UTC times), as an INSERT's would be."""
+    processors = [LINES.c[name].type.bind_processor(db.dialect) for name in LINE_COLUMNS]
+    steps = list(zip(LINE_COLUMNS, processors, strict=True))
+    for row in rows:
+        yield [value if process is None else process(value)
+               for name, process in steps for value in (row[name],)]
 
 
 def _line_row(job_id: str, line: NewLine, now: datetime) -> dict[str, Any]:
