@@ -52,8 +52,9 @@ def rendered(job_ref: str, settings: Settings | None = None
                   for row in rows)
 
 
-# One encoder for every line: json.dumps with an option builds a new one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False)
+# One encoder for every line: json.dumps with an option builds a new one per call. A result
+# is a tree built fresh by render_result, so the check for cycles can go.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 
 @dataclass(frozen=True)

@@ -96,14 +96,14 @@ def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
     return chunks
 
 
-# A job this big changes the lines table's statistics enough that the planner, until
+# A job this big changes the statistics of lines and chunks enough that the planner, until
 # autovacuum catches up (a minute or more), picks nested loops over a million rows.
 ANALYZE_AFTER_LINES = 20_000
 
 
 def _analyze(settings: Settings) -> None:
     with session_scope(settings) as session:
-        session.execute(text("ANALYZE lines"))
+        session.execute(text("ANALYZE lines, chunks"))
 
 
 # Every column a new line's row sets (_line_row), in the order the statements below name them.
