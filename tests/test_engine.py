@@ -193,3 +193,36 @@ def test_a_lines_settings_override_the_jobs_which_override_the_models():
     assert (merged.temperature, merged.top_p, merged.top_k, merged.repetition_penalty) == (
         0.2, 0.8, 5, 1.05)
     assert GenerationSettings.merged({}, {}).greedy  # the default stays greedy
+
+
+def test_running_out_of_memory_while_measuring_costs_plans_with_assumed_ones(engine, monkeypatch,
+                                                                              caplog):
+    # A worker measures its cost model at start on shapes sized from its budget; a budget too
+    # big for the card must not stop the worker: it plans with the assumed costs, and its first
+    # real batch shrinks the budget (the test above). Any other error is not swallowed.
+    import logging
+
+    import torch
+
+    from batchq.engine.calibration import measure_costs
+    from batchq.engine.costs import ASSUMED
+
+    assert measure_costs(engine.runner).measured  # the same engine, with room: measured
+    real_generate = engine.model.generate
+
+    def generate_on_a_small_gpu(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", generate_on_a_small_gpu)
+    with caplog.at_level(logging.WARNING, logger="batchq.engine.calibration"):
+        assert measure_costs(engine.runner) is ASSUMED
+    assert "out of memory while measuring batch costs" in caplog.text
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("not a memory problem")
+
+    monkeypatch.setattr(engine.model, "generate", broken)
+    with pytest.raises(RuntimeError, match="not a memory problem"):
+        measure_costs(engine.runner)
