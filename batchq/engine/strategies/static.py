@@ -8,7 +8,8 @@ import logging
 from collections.abc import Iterator
 
 from batchq.engine.device import is_out_of_memory
-from batchq.engine.planning import batch_cost, plan_batches, plan_seconds
+from batchq.engine.planning import BatchBudget, batch_cost, plan_batches, plan_seconds
+from batchq.engine.runner import ModelRunner
 from batchq.engine.strategies.base import Strategy
 from batchq.engine.types import BatchOutput, OnBatch, WorkItem
 
@@ -17,8 +18,17 @@ log = logging.getLogger(__name__)
 OUT_OF_MEMORY = "out of memory"
 
 
+Planned = tuple[list[list[int]], list[int], list[int]]  # batches (indexes), lengths, limits
+
+
 class StaticBatches(Strategy):
     name = "static"
+
+    def __init__(self, runner: ModelRunner):
+        super().__init__(runner)
+        # The last plan, with the items and budget it was made for: auto asks for the
+        # predicted cost and then runs the same items, and the plan is made once for both.
+        self._last: tuple[list[WorkItem], BatchBudget, Planned] | None = None
 
     def run(self, items: list[WorkItem], started: OnBatch) -> Iterator[BatchOutput]:
         budget = self.runner.budget
@@ -42,9 +52,14 @@ class StaticBatches(Strategy):
         batches, lengths, limits = self._planned(items)
         return plan_seconds(batches, lengths, limits, self.runner.cost)
 
-    def _planned(self, items: list[WorkItem]) -> tuple[list[list[int]], list[int], list[int]]:
+    def _planned(self, items: list[WorkItem]) -> Planned:
+        budget = self.runner.budget
+        if self._last is not None and self._last[0] is items and self._last[1] == budget:
+            return self._last[2]
         lengths, limits = [len(i.ids) for i in items], [i.limit for i in items]
-        return plan_batches(lengths, limits, self.runner.budget, self.runner.cost), lengths, limits
+        planned = plan_batches(lengths, limits, budget, self.runner.cost), lengths, limits
+        self._last = items, budget, planned
+        return planned
 
     def _split_on_oom(self, items: list[WorkItem]) -> Iterator[BatchOutput]:
         runner = self.runner
