@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,8 @@ from batchq.store.reads import select_chunks
 from batchq.store.sessions import session_scope
 from batchq.store.views import ChunkRef
 from batchq.variants import Variant
+
+log = logging.getLogger(__name__)
 
 INSERT_BATCH = 1000
 
@@ -102,8 +105,13 @@ ANALYZE_AFTER_LINES = 20_000
 
 
 def _analyze(settings: Settings) -> None:
-    with session_scope(settings) as session:
-        session.execute(text("ANALYZE lines, chunks"))
+    """Best effort: the job is stored already, and its chunks still have to be queued."""
+    try:
+        with session_scope(settings) as session:
+            session.execute(text("ANALYZE lines, chunks"))
+    except Exception as exc:  # autovacuum will get there; the job must not fail for it
+        log.warning("could not ANALYZE after a big job (%s); reads may be slow until "
+                    "autovacuum does", exc)
 
 
 # Every column a new line's row sets (_line_row), in the order the statements below name them.
