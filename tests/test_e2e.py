@@ -309,7 +309,7 @@ def test_submit_then_worker_on_the_embedded_default(embedded_env, start_worker, 
     # This worker measures its batch costs at start, as a user's does, and says what it found.
     worker = start_worker("--model", str(tiny_model), env={**embedded_env, "BATCHQ_MEASURE_COSTS": "1"})
     startup = next(line for line in worker.text().splitlines() if line.startswith("batchq worker:"))
-    assert "auto batches of up to 32 rows and 16384 tokens" in startup
+    assert "auto batches of up to 32 rows and 32768 tokens" in startup
     assert re.search(r"cost model \(measured\): [\d.]+ ms a step, [\d.]+ ms a row-step, [\d.]+ us a "
                      r"prompt token, [\d.]+ ns a context token$", startup), startup
     waited = batchq("submit", str(data), "--model", str(tiny_model), "--max-new-tokens", "4",

@@ -226,3 +226,18 @@ def test_running_out_of_memory_while_measuring_costs_plans_with_assumed_ones(eng
     monkeypatch.setattr(engine.model, "generate", broken)
     with pytest.raises(RuntimeError, match="not a memory problem"):
         measure_costs(engine.runner)
+
+
+def test_a_cpu_budget_keeps_its_kv_cache_within_a_fifth_of_the_available_ram(engine, monkeypatch):
+    # Running out of RAM is not an error a batch can be split on: the kernel kills the worker.
+    from batchq.engine import loading
+    from batchq.engine.device import Device
+
+    cpu = Device("cpu")
+    per_token = loading.kv_bytes_per_token(engine.model.config, 4)  # fp32 on a CPU
+    monkeypatch.setattr(loading, "available_ram", lambda: 10**12)
+    assert loading.default_budget(engine.model, cpu).max_tokens == loading.CPU_MAX_TOKENS
+    monkeypatch.setattr(loading, "available_ram", lambda: 50_000 * per_token)
+    assert loading.default_budget(engine.model, cpu).max_tokens == 10_000
+    monkeypatch.setattr(loading, "available_ram", lambda: None)  # not Linux: the fixed default
+    assert loading.default_budget(engine.model, cpu).max_tokens == loading.CPU_MAX_TOKENS

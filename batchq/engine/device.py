@@ -21,6 +21,19 @@ def select_device(gpu: int | None = None) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def available_ram() -> int | None:
+    """Bytes of RAM the kernel says can be had without swapping (Linux's MemAvailable), or
+    None where that is not known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 

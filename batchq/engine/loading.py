@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from batchq.engine.device import Device
+from batchq.engine.device import Device, available_ram
 from batchq.engine.planning import BatchBudget
 from batchq.errors import NotFound
 
@@ -80,11 +80,24 @@ def kv_bytes_per_token(config: Any, dtype_bytes: int = 2) -> int:
     return int(2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes)
 
 
+# A CPU's batch budget, at most. Against the naive loop (16 rows padded to the longest), a
+# uniform mix of 100 prompts of 16-2,048 tokens ran 1.33x with 16,384 tokens, 1.63x with
+# 32,768 and 1.52x with 65,536 (README, Performance).
+CPU_MAX_TOKENS = 32_768
+
+
 def default_budget(model: Any, device: Device) -> BatchBudget:
     """Batch budget from what is free on the GPU once the model is loaded (a worker profile or
-    --max-batch-tokens overrides it). On CPU, the fixed defaults."""
+    --max-batch-tokens overrides it). On CPU, CPU_MAX_TOKENS, or fewer where their KV cache
+    would take more than a fifth of the RAM available: a CPU running out of memory is not an
+    error the batch can be split on, the kernel kills the process."""
     if not device.on_cuda:
-        return BatchBudget()
+        tokens = CPU_MAX_TOKENS
+        available = available_ram()
+        if available is not None:
+            per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
+            tokens = max(1024, min(tokens, int(available * 0.2 / per_token)))
+        return BatchBudget(max_tokens=tokens)
     free, total = device.free_memory()
     # Keep a tenth of the card and a fifth of what is free for activations, logits and the
     # allocator's fragmentation; the rest holds the KV cache of one batch.
