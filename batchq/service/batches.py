@@ -138,9 +138,8 @@ def create(settings: Settings, tenant: Tenant, input_file_id: str, endpoint: str
                    expires_at=now + timedelta(seconds=window), failed_at=None,
                    cancelling_at=None)
     rule = OneEndpointOneModel(endpoint, settings)
-    with open_input(str(files.upload_path(settings, source)), settings) as (_, reopen):
-        with reopen() as stream:
-            checked = check_all(source.filename, stream, settings, DEFAULT_MAX_NEW_TOKENS, rule)
+    with open_input(str(files.upload_path(settings, source)), settings) as (_, stream):
+        checked = check_all(source.filename, stream, settings, DEFAULT_MAX_NEW_TOKENS, rule)
         if checked.refused or not checked.accepted or rule.variant is None:
             errors = [{"code": exc.code, "message": str(exc), "param": exc.param, "line": line}
                       for line, exc in sorted(checked.refused.items())[:MAX_ERRORS_SHOWN]]

@@ -29,7 +29,6 @@ from batchq.variants import Variant
 
 MAX_PROBLEMS_SHOWN = 20
 
-Reopen = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
 # What every line must satisfy besides its own format (an HTTP batch's endpoint, say): it
 # raises LineError for a line that does not.
 Rule = Callable[[Request], None]
@@ -43,8 +42,9 @@ def _too_big(name: str, size: int | str, settings: Settings) -> InputError:
 
 
 @contextlib.contextmanager
-def open_input(path: str, settings: Settings) -> Iterator[tuple[str, Reopen]]:
-    """A name for messages and a way to read the input twice (stdin is spooled to disk)."""
+def open_input(path: str, settings: Settings) -> Iterator[tuple[str, IO[bytes]]]:
+    """A name for messages and the input, open for reading once (stdin is spooled to disk
+    first, so that its size is known before anything is checked)."""
     if path == "-":
         with tempfile.TemporaryFile() as spool:
             copied = 0
@@ -54,12 +54,8 @@ def open_input(path: str, settings: Settings) -> Iterator[tuple[str, Reopen]]:
                     raise _too_big("<stdin>", "more than " + str(settings.max_file_bytes),
                                    settings)
                 spool.write(block)
-
-            def rewound() -> contextlib.AbstractContextManager[IO[bytes]]:
-                spool.seek(0)
-                return contextlib.nullcontext(spool)  # read it again; the spool stays open
-
-            yield "<stdin>", rewound
+            spool.seek(0)
+            yield "<stdin>", spool
         return
     file = Path(path)
     if not file.is_file():
@@ -67,7 +63,8 @@ def open_input(path: str, settings: Settings) -> Iterator[tuple[str, Reopen]]:
     size = file.stat().st_size
     if size > settings.max_file_bytes:
         raise _too_big(path, size, settings)
-    yield path, lambda: file.open("rb")
+    with file.open("rb") as stream:
+        yield path, stream
 
 
 def check_line(raw: bytes, line_no: int, settings: Settings) -> Request:
@@ -137,13 +134,16 @@ class Checked:
     sizes: array[int] = field(default_factory=lambda: array("q"))
     variant_of: array[int] = field(default_factory=lambda: array("h"))  # per accepted line
     variants: list[Variant] = field(default_factory=list)  # what variant_of indexes
-    rows: RowSpool = field(default_factory=RowSpool)
+    rows: RowSpool | None = None  # every line's row, for storing; None: only checked
 
 
 def check_all(name: str, stream: IO[bytes], settings: Settings, default_limit: int,
-              rule: Rule | None = None, route: Route | None = None) -> Checked:
-    """First pass: every line checked; nothing kept but counts, id digests and size keys."""
-    checked = Checked()
+              rule: Rule | None = None, route: Route | None = None, *,
+              spool: bool = True) -> Checked:
+    """Every line checked. Kept in memory: counts, id digests and size keys; with `spool`,
+    each line's row as it will be stored goes to a temporary file (RowSpool), so that storing
+    never reads or checks the input again. A check that stores nothing needs no spool."""
+    checked = Checked(rows=RowSpool() if spool else None)
     seen: dict[bytes, int] = {}  # 8-byte digest of custom_id -> first line number
     for line_no, raw in iter_raw_lines(stream):
         try:
@@ -160,11 +160,13 @@ def check_all(name: str, stream: IO[bytes], settings: Settings, default_limit: i
             checked.accepted += 1
             checked.sizes.append(_size_key(request, default_limit))
             checked.variant_of.append(variant)
-            checked.rows.add(line_no, request.kind, request.custom_id, request.to_json())
+            if checked.rows is not None:
+                checked.rows.add(line_no, request.kind, request.custom_id, request.to_json())
         except LineError as exc:
             checked.refused[line_no] = exc
-            checked.rows.add(line_no, LineKind.INVALID, guess_custom_id(raw, line_no, settings),
-                             str(exc))
+            if checked.rows is not None:
+                checked.rows.add(line_no, LineKind.INVALID,
+                                 guess_custom_id(raw, line_no, settings), str(exc))
             if len(checked.problems) < MAX_PROBLEMS_SHOWN:
                 checked.problems.append(f"{name}:{line_no}: {exc}")
         if checked.accepted + len(checked.refused) > settings.max_file_lines:

@@ -14,6 +14,7 @@ from batchq.formats import LineError, LineKind, Request
 from batchq.service import dispatch
 from batchq.service.intake import (
     Checked,
+    RowSpool,
     check_all,
     chunk_by_size,
     open_input,
@@ -59,8 +60,8 @@ def validate_file(path: str, settings: Settings | None = None, *,
     """
     settings = settings or get_settings()
     rule = None if only is None else _one_variant(only, settings)
-    with open_input(path, settings) as (source, reopen), reopen() as stream:
-        checked = check_all(source, stream, settings, DEFAULT_MAX_NEW_TOKENS, rule)
+    with open_input(path, settings) as (source, stream):
+        checked = check_all(source, stream, settings, DEFAULT_MAX_NEW_TOKENS, rule, spool=False)
     refuse_unless_runnable(source, checked, skip_invalid=False)
     return checked.accepted
 
@@ -93,18 +94,17 @@ def submit(path: str, model: str, quant: str | None = None, *,
     job_settings = job_settings or JobSettings()
     default_limit = job_settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     router = ModelRouter(variant, settings, override=model_override)
-    with open_input(path, settings) as (source, reopen):
-        with reopen() as stream:
-            checked = check_all(source, stream, settings, default_limit, route=router)
-        checked.variants = router.variants
-        refuse_unless_runnable(source, checked, skip_invalid)
-        if refused is not None:
-            refused.extend(checked.problems)
-        return store_checked(settings, source, checked, variant,
-                             NewJob(id=uuid.uuid4().hex, name=name, source=source,
-                                    model=variant.model, quant=variant.quant,
-                                    queue=variant.queue, settings=job_settings.to_dict(),
-                                    total_lines=checked.accepted + len(checked.refused)))
+    with open_input(path, settings) as (source, stream):
+        checked = check_all(source, stream, settings, default_limit, route=router)
+    checked.variants = router.variants
+    refuse_unless_runnable(source, checked, skip_invalid)
+    if refused is not None:
+        refused.extend(checked.problems)
+    return store_checked(settings, source, checked, variant,
+                         NewJob(id=uuid.uuid4().hex, name=name, source=source,
+                                model=variant.model, quant=variant.quant,
+                                queue=variant.queue, settings=job_settings.to_dict(),
+                                total_lines=checked.accepted + len(checked.refused)))
 
 
 def store_checked(settings: Settings, source: str, checked: Checked,
@@ -118,18 +118,20 @@ def store_checked(settings: Settings, source: str, checked: Checked,
     variant_of_chunk = {seq: variants[checked.variant_of[i]] for i, seq in enumerate(chunk_of)}
     checked.sizes = array("q")
     check_broker(settings)
+    rows = checked.rows
+    assert rows is not None, "checked without a spool: nothing to store"
     try:
-        chunks = create_job(settings, job, _new_lines(checked, chunk_of), variant_of_chunk, also)
+        chunks = create_job(settings, job, _new_lines(rows, chunk_of), variant_of_chunk, also)
     finally:
-        checked.rows.close()
+        rows.close()
     dispatch.send(settings, chunks)
     return job.id
 
 
-def _new_lines(checked: Checked, chunk_of: array[int]) -> Iterator[NewLine]:
+def _new_lines(rows: RowSpool, chunk_of: array[int]) -> Iterator[NewLine]:
     """Each line as it will be stored, in file order, from the check's spool."""
     accepted = 0
-    for line_no, kind, custom_id, payload in checked.rows.rows():
+    for line_no, kind, custom_id, payload in rows.rows():
         if kind is LineKind.INVALID:
             yield NewLine(line_no, custom_id, kind, refused=payload)
             continue
