@@ -145,8 +145,9 @@ class Engine:
         """
         started = on_batch or _ignore
         groups: dict[GenerationSettings, list[WorkItem]] = defaultdict(list)
-        for prompt in prompts:
-            item = WorkItem(prompt, self.codec.encode(prompt))
+        prompts = list(prompts)
+        for prompt, ids in zip(prompts, self.codec.encode_all(prompts), strict=True):
+            item = WorkItem(prompt, ids)
             problem = self._does_not_fit(len(item.ids), item.limit)
             if problem:
                 yield item.failed_alone(problem)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
@@ -31,6 +31,13 @@ def find_job(session: Session, job_ref: str) -> Job:
         if len(found) > 1:
             raise NotFound(f"job id prefix {job_ref!r} is ambiguous; give more characters")
     raise NotFound(f"no job {job_ref!r} (`batchq status` lists recent jobs)")
+
+
+def has_lines(session: Session, job_id: str, status: LineStatus) -> bool:
+    """Whether any of the job's lines has `status`: one probe of its (job, status) index,
+    where counting reads every line of the job."""
+    found = session.scalar(select(exists().where(Line.job_id == job_id, Line.status == status)))
+    return bool(found)
 
 
 def line_counts(session: Session, job_id: str) -> Counts:

@@ -4,6 +4,7 @@ model, one GPU)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -135,11 +136,17 @@ def _nothing() -> None:
 
 
 def install_hooks(settings: Settings, queue: str) -> None:
-    """Sweep once Celery is ready; on SIGTERM, hand back the running chunk at its next batch
-    boundary (Celery's warm shutdown then exits)."""
+    """Once Celery is ready, set the start-up heap aside and sweep; on SIGTERM, hand back the
+    running chunk at its next batch boundary (Celery's warm shutdown then exits)."""
     sweeper = Sweeper(settings, queue)
 
     def ready(**_: Any) -> None:
+        # torch, transformers and Celery leave some 460,000 objects that live as long as the
+        # process. Each full collection walked them all (60-260 ms on the development
+        # machine), and one tended to fall in the first claim: 300-420 ms instead of 50.
+        # Frozen, the collector never visits them again.
+        gc.collect()
+        gc.freeze()
         sweeper.start()
 
     def stopping(**_: Any) -> None:
