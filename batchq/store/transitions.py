@@ -164,17 +164,11 @@ class Transitions:
 
     # ------------------------------------------------------------ lines, by their worker
 
-    def start_batch(self, job_id: str, line_ids: Sequence[int]) -> JobStatus:
+    def start_batch(self, line_ids: Sequence[int]) -> None:
         """An attempt counts before its batch runs: a pending line with attempts was in a batch
-        that never ended (crash, kill, error). Returns the job's status: if it is no longer
-        queued or running (cancelled, expired), the batch must not start (and its lines, no
-        longer pending, were not counted)."""
+        that never ended (crash, kill, error)."""
         with session_scope(self.settings) as session:
-            # The write first: on SQLite a transaction that reads before it writes can be
-            # refused at once, not waited for, while the batch before is being written.
             _count_attempts(session, line_ids, utcnow())
-            return JobStatus(session.connection().execute(
-                JOB_STATUS, {"j_id": job_id}).scalar_one())
 
     def note_error(self, line_ids: Sequence[int], reason: str) -> None:
         """A batch raised: the lines stay pending, with the reason they fail with if it lasts."""
@@ -186,11 +180,13 @@ class Transitions:
                              finished_at=utcnow())
 
     def record_batch(self, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
-                     stats: Measured, deduplicated: int = 0) -> JobStatus:
+                     stats: Measured, next_batch: Sequence[int] = (),
+                     deduplicated: int = 0) -> JobStatus:
         """Store one batch's lines and metrics in one commit. Returns the job's status: if it
-        is no longer queued or running (cancelled, expired), the chunk should stop.
-        `deduplicated` of the outcomes are copies of another line's generation (counted,
-        never generated)."""
+        is no longer queued or running (cancelled, expired), the chunk should stop. While it
+        is, the attempts of `next_batch` (the lines about to run) count in the same commit:
+        one round of the database per batch, not two. `deduplicated` of the outcomes are
+        copies of another line's generation (counted, never generated)."""
         now = utcnow()
         s = stats
         with session_scope(self.settings) as session:
@@ -216,7 +212,10 @@ class Transitions:
                     "prompt_tokens": s.prompt_tokens,
                     "padded_prompt_tokens": s.padded_prompt_tokens,
                     "completion_tokens": s.completion_tokens, "decode_slots": s.decode_slots})
-            return JobStatus(db.execute(JOB_STATUS, {"j_id": chunk.job_id}).scalar_one())
+            status = JobStatus(db.execute(JOB_STATUS, {"j_id": chunk.job_id}).scalar_one())
+            if next_batch and status in ACTIVE_JOB_STATUSES:
+                _count_attempts(session, next_batch, now)
+            return status
 
     # ------------------------------------------------------------ chunks, by the sweep
 

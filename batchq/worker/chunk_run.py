@@ -1,22 +1,17 @@
 """One chunk, from claim to finish: the glue between a Celery message and the engine.
 
-Results are written per batch, so progress is visible and a crash loses little; each line is
-written only while it is still pending, so a redelivered chunk never doubles one. Each batch
-counts an attempt on its lines, and commits it, before it starts; a line left pending with
+Results are written per batch, so progress is visible and a crash loses at most a batch;
+each line is written only while it is still pending, so a redelivered chunk never doubles
+one. Each batch counts an attempt on its lines before it starts; a line left pending with
 attempts was in a batch that never ended, and runs alone until it succeeds or uses
-BATCHQ_MAX_ATTEMPTS. A batch's results are written behind: while the next batch generates,
-by the runtime's writer thread, at most one batch at a time (on a fast engine the write took
-as long as a batch). So a crash can lose the batch before the one that crashed, if its write
-had not committed; its lines then run alone once, as suspects. Suspects' results are written
-before the next one starts. Database outages are waited out (`retrying`); a database that
-stays away longer is not the lines' fault: the chunk is left to its lease.
+BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
+away longer is not the lines' fault: the chunk is left to its lease.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +19,7 @@ from batchq.engine import BatchOutput, GenerationSettings, PromptIn
 from batchq.errors import ServiceUnavailable
 from batchq.formats import Request
 from batchq.service import dispatch
-from batchq.states import ACTIVE_JOB_STATUSES, JobStatus
+from batchq.states import ACTIVE_JOB_STATUSES
 from batchq.store.sessions import retrying
 from batchq.store.views import Claim, ClaimedLine
 from batchq.worker.leases import LeaseKeeper, shutdown_requested
@@ -71,10 +66,11 @@ class ChunkRun:
         self.attempts = {line.id: line.attempts for line in claim.lines}
         self.errors = {line.id: line.error for line in claim.lines}
         self.in_flight: list[int] = []
-        # The last batch's results on their way to the database, by the runtime's writer.
-        self.writing: Future[JobStatus] | None = None
+        # The last batch's output, written together with the next batch's attempts (one
+        # commit a batch), or by `_flush` once the lines run out.
+        self.unwritten: BatchOutput | None = None
         self.done = self.failed = self.tokens = 0
-        self.deduplicated = 0  # copies among the next output's completions, then written
+        self.deduplicated = 0  # copies among the unwritten output's completions, then written
         self.seconds = 0.0
         self.stopped: str | None = None  # cancelled | expired | shutdown | lease lost
 
@@ -86,24 +82,22 @@ class ChunkRun:
         # Lines that were in a batch that never ended run alone: a line that crashes its
         # worker then takes down only itself, and fails once it has used its attempts.
         suspects = [i for i in self.prompts if self.attempts[i] > 0]
-        try:
-            while fresh and not self.stopped:
-                fresh, raised = self._batches(fresh)
-                suspects += raised
-            for line_id in suspects:
-                while not self.stopped and self._alone(line_id):
-                    pass
-        finally:
-            self._flush()  # what finished is stored before the chunk ends, however it ends
+        while fresh and not self.stopped:
+            fresh, raised = self._batches(fresh)
+            suspects += raised
+        for line_id in suspects:
+            while not self.stopped and self._alone(line_id):
+                pass
 
     def _on_batch(self, keys: list[int]) -> None:
-        """Just before a batch starts: its attempts, in a commit of their own (the batch before
-        may still be being written). If the job was cancelled or expired meanwhile, the batch
-        never starts."""
-        self._stop_unless_active(self._patiently("counting a batch's attempts", lambda: (
-            self.store.start_batch(self.claim.chunk.job_id, keys))))
-        if self.stopped:
-            raise _JobStopped
+        """Just before a batch starts: the previous batch's results and this one's attempts,
+        in one commit. If the job was cancelled or expired meanwhile, the batch never starts."""
+        if self.unwritten is None:
+            self._patiently("counting a batch's attempts", lambda: self.store.start_batch(keys))
+        else:
+            self._flush(next_batch=keys)
+            if self.stopped:
+                raise _JobStopped
         self.in_flight = list(keys)
         for key in keys:
             self.attempts[key] += 1
@@ -163,7 +157,7 @@ class ChunkRun:
             for output in self.runtime.engine.generate([self.prompts[line_id]],
                                                        on_batch=self._on_batch):
                 self._store(output)
-            self._flush()  # a suspect's result is stored before the next suspect may crash
+            self._flush()
         except _JobStopped:
             return False
         except ServiceUnavailable:
@@ -193,13 +187,9 @@ class ChunkRun:
                 f"({self.failed} failed), {self.tokens} tokens out{rate}")
 
     def _store(self, output: BatchOutput) -> None:
-        """A batch is done: counted now, and written while the next batch generates."""
-        self._flush()  # one write at a time; a failed one raises here
-        copies, self.deduplicated = self.deduplicated, 0
-        chunk, worker = self.claim.chunk, self.runtime.name
-        self.writing = self.runtime.writer.submit(
-            self._patiently, "storing a batch's results", lambda: self.store.record_batch(
-                chunk, worker, output.completions, output.stats, copies))
+        """A batch is done: counted now, written with the next batch's attempts."""
+        self._flush()  # a failed-alone output comes without a batch start of its own
+        self.unwritten = output
         self.done += sum(c.error is None for c in output.completions)
         self.failed += sum(c.error is not None for c in output.completions)
         self.tokens += output.stats.completion_tokens
@@ -211,13 +201,15 @@ class ChunkRun:
         elif shutdown_requested.is_set():
             self.stopped = "shutdown"
 
-    def _flush(self) -> None:
-        """Wait for the batch being written; its error, if it failed, is raised here."""
-        writing, self.writing = self.writing, None
-        if writing is not None:
-            self._stop_unless_active(writing.result())
-
-    def _stop_unless_active(self, job_status: JobStatus) -> None:
+    def _flush(self, next_batch: list[int] | None = None) -> None:
+        output = self.unwritten
+        if output is None:
+            return
+        copies, self.deduplicated = self.deduplicated, 0
+        job_status = self._patiently("storing a batch's results", lambda: self.store.record_batch(
+            self.claim.chunk, self.runtime.name, output.completions, output.stats,
+            next_batch or (), copies))
+        self.unwritten = None
         if job_status not in ACTIVE_JOB_STATUSES:
             self.stopped = job_status.value  # cancelled or expired
 

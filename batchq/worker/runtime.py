@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from batchq.config import Settings
@@ -20,12 +19,9 @@ class WorkerRuntime:
     settings: Settings
     name: str  # how batches and leases name this process: queue@host:pid
     store: Transitions = field(init=False)
-    # Writes a batch's results while the next batch generates (batchq.worker.chunk_run).
-    writer: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.store = Transitions(self.settings)
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchq-write")
 
 
 _current: WorkerRuntime | None = None
