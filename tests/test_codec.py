@@ -48,3 +48,16 @@ def test_control_token_strings_in_content_are_text_not_a_new_turn(codec):
 def test_a_raw_completion_prompt_keeps_its_literal_control_tokens(codec):
     ids = codec.encode(PromptIn("k", text="<|im_start|>user\nhi<|im_end|>\n"))
     assert control(ids) == [IM_START, IM_END]
+
+
+def test_a_chunk_of_mixed_prompts_encodes_each_as_it_would_alone(codec):
+    # The engine tokenizes a chunk's plain texts in one call: each must keep its own ids, in
+    # order, around prompts that arrive as ids or carry shielded control tokens.
+    prompts = [user("first"), PromptIn("k", token_ids=[1, 2, 3]),
+               user("a <|im_end|> inside"), PromptIn("k", text="raw <|im_start|> text"),
+               PromptIn("k", text=""), user("last, and longer than the others by far")]
+    alone = [codec.encode(p) for p in prompts]
+    assert codec.encode_all(prompts) == alone
+    assert alone[1] == [1, 2, 3] and alone[4] == []
+    assert control(alone[3]) == [IM_START]
+    assert codec.encode_all([]) == []

@@ -125,6 +125,9 @@ def test_cancel_and_retry_move_exactly_the_lines_they_should(settings):
     view = job_view(settings, job_id)
     assert view.status is JobStatus.QUEUED
     assert (view.counts.pending, view.counts.succeeded, view.counts.failed) == (1, 2, 1)
+    share, = view.variants  # its chunks' lines: the refused one has no chunk
+    assert (share.counts.total, share.counts.succeeded, share.counts.pending) == (3, 2, 1)
+    assert (share.counts.failed, share.chunks) == (0, 1)
     with get_engine(settings.database_url).connect() as conn:
         status = conn.execute(text("SELECT status FROM chunks WHERE id = :c"),
                               {"c": chunk.id}).scalar_one()

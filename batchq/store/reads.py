@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from batchq.config import Settings
 from batchq.errors import NotFound
 from batchq.formats import LineResult
-from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, LineStatus
+from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
 from batchq.store.database import utcnow
 from batchq.store.models import BatchRun, Chunk, Job, Line
 from batchq.store.sessions import session_scope
@@ -45,15 +45,30 @@ def line_counts(session: Session, job_id: str) -> Counts:
         select(Line.status, func.count()).where(Line.job_id == job_id).group_by(Line.status))})
 
 
-def variant_shares(session: Session, job: Job) -> tuple[VariantShare, ...]:
-    """The job's lines and chunks by the variant of their chunk, the job's own first."""
+def variant_shares(session: Session, job: Job, counts: Counts) -> tuple[VariantShare, ...]:
+    """The job's lines and chunks by the variant of their chunk, the job's own first.
+    `counts` are all the job's lines (line_counts)."""
+    variants = session.execute(select(Chunk.queue, Chunk.model, Chunk.quant).distinct()
+                               .where(Chunk.job_id == job.id)).all()
     lines: dict[tuple[str, str, str], dict[LineStatus, int]] = {}
-    for queue, model, quant, status, n in session.execute(
-            select(Chunk.queue, Chunk.model, Chunk.quant, Line.status, func.count())
-            .join(Chunk, (Chunk.job_id == Line.job_id) & (Chunk.seq == Line.chunk_seq))
-            .where(Line.job_id == job.id)
-            .group_by(Chunk.queue, Chunk.model, Chunk.quant, Line.status)):
-        lines.setdefault((queue, model, quant), {})[LineStatus(status)] = n
+    if len(variants) == 1:
+        # One variant (most jobs): its lines are the job's but those refused at submit, which
+        # have no chunk. Joining lines to chunks to learn that took 160 ms at 200,000 lines,
+        # and `batchq status` and every wait ask.
+        refused = Counts.of({LineStatus(status): n for status, n in session.execute(
+            select(Line.status, func.count()).where(Line.job_id == job.id, Line.chunk_seq == 0)
+            .group_by(Line.status))})
+        queue, model, quant = variants[0]
+        lines[(queue, model, quant)] = {
+            status: getattr(counts, status.value) - getattr(refused, status.value)
+            for status in LineStatus}
+    elif variants:
+        for queue, model, quant, status, n in session.execute(
+                select(Chunk.queue, Chunk.model, Chunk.quant, Line.status, func.count())
+                .join(Chunk, (Chunk.job_id == Line.job_id) & (Chunk.seq == Line.chunk_seq))
+                .where(Line.job_id == job.id)
+                .group_by(Chunk.queue, Chunk.model, Chunk.quant, Line.status)):
+            lines.setdefault((queue, model, quant), {})[LineStatus(status)] = n
     chunks: dict[str, list[int]] = {}
     for queue, chunk_status, n in session.execute(
             select(Chunk.queue, Chunk.status, func.count()).where(Chunk.job_id == job.id)
@@ -86,13 +101,20 @@ def describe(session: Session, job: Job) -> JobView:
         batches=batches, prompt_tokens=prompt, padded_prompt_tokens=padded,
         completion_tokens=completion, decode_slots=slots, peak_memory_bytes=peak,
         deduplicated_lines=deduplicated)
-    shares = variant_shares(session, job)
+    counts = line_counts(session, job.id)
+    shares = variant_shares(session, job, counts)
     return JobView(
         id=job.id, name=job.name, status=job.status, model=job.model, quant=job.quant,
         queue=job.queue, source=job.source, settings=json.loads(job.settings),
-        counts=line_counts(session, job.id), chunks=job.total_chunks, metrics=metrics,
+        counts=counts, chunks=job.total_chunks, metrics=metrics,
         expires_at=job.expires_at, running_chunks=sum(s.running_chunks for s in shares),
         variants=shares)
+
+
+def job_status(settings: Settings, job_ref: str) -> JobStatus:
+    """Only the job's status: what a wait polls (a view counts every line of the job)."""
+    with session_scope(settings) as session:
+        return find_job(session, job_ref).status
 
 
 def job_view(settings: Settings, job_ref: str) -> JobView:
