@@ -12,6 +12,7 @@ from batchq.formats import (
     iter_raw_lines,
     parse_line,
     render_result,
+    result_json,
 )
 from batchq.states import LineStatus
 
@@ -147,6 +148,18 @@ def test_plain_result_shape():
     failed = render_result(_result(status="failed", output=None, error="boom", completion_tokens=None),
                            "job", "m", 0)
     assert failed["error"] == {"code": "failed", "message": "boom"} and failed["usage"] is None
+
+
+def test_a_result_line_is_compact_json_that_reads_back_to_the_same_values():
+    line = render_result(_result(kind="openai-chat", custom_id="ünï 🚀\u0000\u2028 \"q\""),
+                         "job", "Qwen/x", 1700000000)
+    text = result_json(line)
+    assert "\n" not in text and json.loads(text) == line
+    assert text == json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+    # A lone surrogate (a custom_id given as the escape \ud800) is still written, alike.
+    odd = {**line, "custom_id": "x\ud800y"}
+    assert result_json(odd) == json.dumps(odd, ensure_ascii=False, separators=(",", ":"))
+    assert json.loads(result_json(odd))["custom_id"] == "x\ud800y"
 
 
 def test_openai_result_shapes_are_stable_and_complete():

@@ -10,7 +10,8 @@ from batchq.formats.lines import (
     openai_kind,
     parse_line,
 )
-from batchq.formats.results import JSON_INCOMPLETE, LineResult, render_result
+from batchq.formats.results import JSON_INCOMPLETE, LineResult, render_result, result_json
 
 __all__ = ["JSON_INCOMPLETE", "OPENAI_URLS", "PARAM_KEYS", "LineError", "LineKind", "LineResult",
-           "Request", "iter_raw_lines", "openai_kind", "parse_line", "render_result"]
+           "Request", "iter_raw_lines", "openai_kind", "parse_line", "render_result",
+           "result_json"]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
 from batchq.config import Settings, get_settings
-from batchq.formats import LineResult, render_result
+from batchq.formats import LineResult, render_result, result_json
 from batchq.states import UNANSWERED, LineStatus
 from batchq.store import reads
 from batchq.store.views import ChunkRef, JobView
@@ -47,14 +46,8 @@ def rendered(job_ref: str, settings: Settings | None = None
     input order, streamed: the one place results are rendered."""
     view, rows = results(job_ref, settings)
     created = int(view.metrics.created_at.timestamp())
-    encode = _ENCODER.encode
-    return view, ((row.status, encode(render_result(row, view.id, view.model, created)))
+    return view, ((row.status, result_json(render_result(row, view.id, view.model, created)))
                   for row in rows)
-
-
-# One encoder for every line: json.dumps with an option builds a new one per call. A result
-# is a tree built fresh by render_result, so the check for cycles can go.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 
 @dataclass(frozen=True)
