@@ -50,11 +50,14 @@ def test_bench_runs_the_users_own_workload_file_in_process_and_as_a_job(tiny_mod
                  "--strategies", "naive,static,auto", "--system", "--json", str(out),
                  env=embedded_env)
     assert res.returncode == 0, res.stderr
-    assert f"3 prompts of {mine}" in res.stderr and "cost model (measured)" in res.stderr
+    assert f"3 prompts of {mine}" in res.stderr
+    # Measured, unless timings on a machine this busy made no sense (then the assumed costs).
+    how = re.search(r"cost model \((measured|assumed)\): [\d.]+ ms a step", res.stderr)
+    assert how, res.stderr
     assert "outputs identical across strategies: yes" in res.stdout
     report = json.loads(out.read_text())
     assert report["workload"] == {"file": str(mine), "prompts": 3}
-    assert report["cost_model"]["measured"] is True
+    assert report["cost_model"]["measured"] is (how.group(1) == "measured")
     for s in report["strategies"]:  # each line's own limit, every row run to it
         assert s["prompts"] == 3 and s["completion_tokens"] == 5 + 3 + 7
 

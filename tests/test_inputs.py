@@ -9,10 +9,10 @@ from batchq.formats import (
     LineError,
     LineKind,
     LineResult,
+    compact_json,
     iter_raw_lines,
     parse_line,
     render_result,
-    result_json,
 )
 from batchq.states import LineStatus
 
@@ -153,13 +153,13 @@ def test_plain_result_shape():
 def test_a_result_line_is_compact_json_that_reads_back_to_the_same_values():
     line = render_result(_result(kind="openai-chat", custom_id="ünï 🚀\u0000\u2028 \"q\""),
                          "job", "Qwen/x", 1700000000)
-    text = result_json(line)
+    text = compact_json(line)
     assert "\n" not in text and json.loads(text) == line
     assert text == json.dumps(line, ensure_ascii=False, separators=(",", ":"))
     # A lone surrogate (a custom_id given as the escape \ud800) is still written, alike.
     odd = {**line, "custom_id": "x\ud800y"}
-    assert result_json(odd) == json.dumps(odd, ensure_ascii=False, separators=(",", ":"))
-    assert json.loads(result_json(odd))["custom_id"] == "x\ud800y"
+    assert compact_json(odd) == json.dumps(odd, ensure_ascii=False, separators=(",", ":"))
+    assert json.loads(compact_json(odd))["custom_id"] == "x\ud800y"
 
 
 def test_openai_result_shapes_are_stable_and_complete():
@@ -176,3 +176,21 @@ def test_openai_result_shapes_are_stable_and_complete():
     assert comp["response"]["body"]["choices"][0]["text"] == "hi"
     err = render_result(_result(kind="openai-chat", status="failed", error="too long"), "j", "m", 0)
     assert err["response"] is None and err["error"] == {"code": "generation_failed", "message": "too long"}
+
+
+def test_what_the_fast_parser_refuses_is_read_or_explained_by_the_standard_library():
+    # A lone surrogate is valid JSON as an escape; orjson refuses it, the line is still read.
+    r = parse(b'{"custom_id": "s\\ud800", "prompt": "x\\udfff"}')
+    assert r.custom_id == "s\ud800" and r.messages == [{"role": "user", "content": "x\udfff"}]
+    assert json.loads(r.to_json())["messages"][0]["content"] == "x\udfff"
+    for raw, message in [(b'{"prompt": "x",}', "invalid JSON: Expecting property name enclosed "
+                          "in double quotes (column 16)"),
+                         (b'{"prompt": "\xff"}', "not valid UTF-8 (byte 13)"),
+                         (b'{"prompt": "x", "temperature": NaN}',
+                          "NaN is not valid JSON (numbers must be finite)")]:
+        with pytest.raises(LineError) as caught:
+            parse(raw)
+        assert str(caught.value) == message
+    # Stored requests are compact JSON too.
+    assert parse({"prompt": "Grüße", "max_tokens": 2}).to_json() == (
+        '{"params":{"max_new_tokens":2},"messages":[{"role":"user","content":"Grüße"}]}')

@@ -1,6 +1,8 @@
 """JSONL line formats in (lines: the three shapes; chat: OpenAI chat extras; fields: the
-checks), result formats out (results). Import from here."""
+checks), result formats out (results), and the JSON batchq writes (compact). Import from
+here."""
 
+from batchq.formats.compact import compact_json
 from batchq.formats.fields import PARAM_KEYS, LineError
 from batchq.formats.lines import (
     OPENAI_URLS,
@@ -10,8 +12,8 @@ from batchq.formats.lines import (
     openai_kind,
     parse_line,
 )
-from batchq.formats.results import JSON_INCOMPLETE, LineResult, render_result, result_json
+from batchq.formats.results import JSON_INCOMPLETE, LineResult, render_result
 
 __all__ = ["JSON_INCOMPLETE", "OPENAI_URLS", "PARAM_KEYS", "LineError", "LineKind", "LineResult",
-           "Request", "iter_raw_lines", "openai_kind", "parse_line", "render_result",
-           "result_json"]
+           "Request", "compact_json", "iter_raw_lines", "openai_kind", "parse_line",
+           "render_result"]

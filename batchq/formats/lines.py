@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import IO, Any
 
+import orjson
+
 from batchq.formats.chat import (
     CHAT_ONLY_KEYS,
     parse_messages,
@@ -21,6 +23,7 @@ from batchq.formats.chat import (
     parse_tool_choice,
     parse_tools,
 )
+from batchq.formats.compact import compact_json
 from batchq.formats.fields import (
     PARAM_KEYS,
     LineError,
@@ -86,7 +89,7 @@ class Request:
             body["text"] = self.text
         if self.model is not None:
             body["model"] = self.model
-        return _ENCODER.encode(body)
+        return compact_json(body)
 
     @classmethod
     def from_row(cls, custom_id: str, kind: str, stored: str) -> Request:
@@ -99,10 +102,8 @@ def _reject_constant(name: str) -> float:
     raise LineError(f"{name} is not valid JSON (numbers must be finite)")
 
 
-# Built once: json.loads and json.dumps with options build a new one per call, a few percent
-# of checking a million-line file. A request is a tree parsed from JSON, so it has no cycles.
+# Built once: json.loads with an option builds a new one per call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 
 def iter_raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -117,18 +118,29 @@ def iter_raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 def parse_line(raw: bytes, line_no: int) -> Request:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LineError(f"not valid UTF-8 (byte {exc.start + 1})") from None
-    try:
-        obj = _DECODER.decode(text)
-    except json.JSONDecodeError as exc:
-        raise LineError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        # orjson checks the UTF-8 and parses in one pass, 3x the standard library. It also
+        # reads an integer past 64 bits as a float (then refused as one: no field takes one).
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = _parsed_strictly(raw)
     if not isinstance(obj, dict):
         raise LineError(f"expected a JSON object, got {type_name(obj)}")
     if "url" in obj or "body" in obj or "method" in obj:
         return _parse_openai(obj, line_no)
     return _parse_plain(obj, line_no)
+
+
+def _parsed_strictly(raw: bytes) -> Any:
+    """What orjson refused, by the standard library: the error users read, or the value of
+    what JSON allows and orjson does not (a lone surrogate given as an escape)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LineError(f"not valid UTF-8 (byte {exc.start + 1})") from None
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise LineError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
 
 
 def _parse_plain(obj: dict[str, Any], line_no: int) -> Request:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-
-import orjson
 
 from batchq.formats.lines import LineKind
 from batchq.states import UNANSWERED, LineStatus
@@ -47,19 +44,6 @@ class LineResult:
         if self.reasoning is not None:
             usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens or 0}
         return usage
-
-
-def result_json(line: dict[str, Any]) -> str:
-    """A rendered result line as compact JSON (no newline). orjson writes it; the standard
-    library only what orjson refuses (a lone surrogate a custom_id was given as an escape),
-    with the same separators, so every line looks alike."""
-    try:
-        return orjson.dumps(line).decode()
-    except orjson.JSONEncodeError:
-        return _COMPACT.encode(line)
-
-
-_COMPACT = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"))
 
 
 def render_result(result: LineResult, job_id: str, model: str, created: int) -> dict[str, Any]:

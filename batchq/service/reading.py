@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from batchq.config import Settings, get_settings
-from batchq.formats import LineResult, render_result, result_json
+from batchq.formats import LineResult, compact_json, render_result
 from batchq.states import UNANSWERED, LineStatus
 from batchq.store import reads
 from batchq.store.views import ChunkRef, JobView
@@ -46,7 +46,7 @@ def rendered(job_ref: str, settings: Settings | None = None
     input order, streamed: the one place results are rendered."""
     view, rows = results(job_ref, settings)
     created = int(view.metrics.created_at.timestamp())
-    return view, ((row.status, result_json(render_result(row, view.id, view.model, created)))
+    return view, ((row.status, compact_json(render_result(row, view.id, view.model, created)))
                   for row in rows)
 
 
