@@ -9,7 +9,7 @@ import json
 import pytest
 
 from batchq.testing import check_exactly_once
-from tests.conftest import batchq, wait_for
+from tests.conftest import batchq, sql, wait_for
 
 pytestmark = [pytest.mark.fault]
 
@@ -125,7 +125,9 @@ def test_skip_invalid_runs_the_good_lines_and_records_each_bad_one(services_env,
 def test_bom_crlf_blank_lines_unicode_and_nul_are_accepted_and_given_back(
         services_env, shared_worker, tiny_model, tmp_path):
     rows = [{"custom_id": "nul\u0000id", "prompt": "before\u0000after", "max_tokens": 3},
-            {"custom_id": "\u0001starts-with-the-marker", "prompt": "x", "max_tokens": 3},
+            # COPY's own escapes (backslash, tab, line ends) in an id and a prompt.
+            {"custom_id": "\u0001starts-with-the-marker \\ \t \r\n", "prompt": "x \\N\t\n",
+             "max_tokens": 3},
             {"custom_id": "ünï 🚀 漢字", "messages": [{"role": "user", "content": "Grüße 🚀"}],
              "max_tokens": 3},
             {"custom_id": "openai\u0000", "method": "POST", "url": "/v1/completions",
@@ -140,6 +142,9 @@ def test_bom_crlf_blank_lines_unicode_and_nul_are_accepted_and_given_back(
              ["status"] == "completed", what="the job")
     ids = [r["custom_id"] for r in rows]
     check_exactly_once(services_env, job, ids)  # the ids come back exactly, NUL and all
+    stored = sql(services_env, "SELECT request FROM lines WHERE job_id = :job ORDER BY line_no",
+                 job=job)
+    assert json.loads(stored[1][0])["messages"] == [{"role": "user", "content": "x \\N\t\n"}]
     out = [json.loads(x) for x in batchq("results", job, env=services_env).stdout.splitlines()]
     assert out[3]["response"]["status_code"] == 200
     assert [x.get("status", "succeeded") for x in out] == ["succeeded"] * 4

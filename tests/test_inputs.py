@@ -179,10 +179,15 @@ def test_openai_result_shapes_are_stable_and_complete():
 
 
 def test_what_the_fast_parser_refuses_is_read_or_explained_by_the_standard_library():
-    # A lone surrogate is valid JSON as an escape; orjson refuses it, the line is still read.
-    r = parse(b'{"custom_id": "s\\ud800", "prompt": "x\\udfff"}')
-    assert r.custom_id == "s\ud800" and r.messages == [{"role": "user", "content": "x\udfff"}]
-    assert json.loads(r.to_json())["messages"][0]["content"] == "x\udfff"
+    # A lone surrogate is valid JSON as an escape, but no text: refused by field.
+    for raw, where in [(b'{"custom_id": "s\\ud800", "prompt": "x"}', "custom_id"),
+                       (b'{"messages": [{"role": "user", "content": "x\\udfff"}]}',
+                        "messages[0].content"),
+                       (b'{"prompt": "x", "\\ud800": 1}', "\\ud800")]:
+        with pytest.raises(LineError) as caught:
+            parse(raw)
+        assert str(caught.value).startswith(f"field '{where}': holds a lone surrogate escape")
+    assert parse(b'{"prompt": "pair \\ud83d\\ude80"}').messages[0]["content"] == "pair \U0001f680"
     for raw, message in [(b'{"prompt": "x",}', "invalid JSON: Expecting property name enclosed "
                           "in double quotes (column 16)"),
                          (b'{"prompt": "\xff"}', "not valid UTF-8 (byte 13)"),

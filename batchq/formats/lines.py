@@ -131,16 +131,47 @@ def parse_line(raw: bytes, line_no: int) -> Request:
 
 
 def _parsed_strictly(raw: bytes) -> Any:
-    """What orjson refused, by the standard library: the error users read, or the value of
-    what JSON allows and orjson does not (a lone surrogate given as an escape)."""
+    """What orjson refused, explained by the standard library: the error users read. JSON
+    allows one thing orjson refuses, a lone surrogate given as an escape; it is refused too,
+    by field, as no text."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LineError(f"not valid UTF-8 (byte {exc.start + 1})") from None
     try:
-        return _DECODER.decode(text)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise LineError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    where = _lone_surrogate(value, "")
+    if where is not None:
+        # Valid JSON, but no text: neither the tokenizer nor the database's UTF-8 takes it.
+        raise LineError(f"field '{where or '(line)'}': holds a lone surrogate escape (\\ud800 to "
+                        "\\udfff without its pair), which is not Unicode text", param=where or None)
+    return value
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) in `value` that UTF-8 cannot encode, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        # The path is shown and stored with the line's error: its keys must be text themselves.
+        if isinstance(key, int):
+            inner = f"{path}[{key}]"
+        else:
+            name = key.encode("utf-8", "backslashreplace").decode()
+            inner = f"{path}.{name}" if path else name
+        found = _lone_surrogate(key, inner) if isinstance(key, str) else None
+        found = found if found is not None else _lone_surrogate(item, inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _parse_plain(obj: dict[str, Any], line_no: int) -> Request:

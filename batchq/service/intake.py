@@ -193,9 +193,19 @@ def guess_custom_id(raw: bytes, line_no: int, settings: Settings) -> str:
             obj = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             obj = None
-        if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str) and obj["custom_id"]:
-            return str(obj["custom_id"])
+        custom_id = obj.get("custom_id") if isinstance(obj, dict) else None
+        if isinstance(custom_id, str) and custom_id and _is_text(custom_id):
+            return custom_id
     return f"line-{line_no}"
+
+
+def _is_text(value: str) -> bool:
+    """False for a string with a lone surrogate (JSON can escape one): no database stores it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def chunk_by_size(sizes: array[int], chunk_size: int,
