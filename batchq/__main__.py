@@ -1,3 +1,4 @@
 from batchq.cli import main
 
-main()
+if __name__ == "__main__":  # not when a checking process (service.check_parts) starts
+    main()

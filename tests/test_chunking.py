@@ -90,3 +90,32 @@ def test_a_big_job_on_postgres_is_planned_on_fresh_statistics(services_env, tmp_
     # Nothing ran yet: plain lines say pending, OpenAI lines have neither response nor error.
     assert all(line["status"] == "pending" for line in out[0::2])
     assert all(line["response"] is None and line["error"] is None for line in out[1::2])
+
+
+def test_chunk_plan_matches_a_plain_sort_for_every_variant_and_size():
+    import random
+    from array import array
+
+    from batchq.service.intake import chunk_by_size
+
+    def reference(sizes, chunk_size, variant_of):
+        chunk_of, first_seq = [0] * len(sizes), 1
+        for group in sorted(set(variant_of)):
+            members = [i for i in range(len(sizes)) if variant_of[i] == group]
+            order = sorted(members, key=lambda i: (sizes[i], -i), reverse=True)
+            for position, index in enumerate(order):
+                chunk_of[index] = first_seq + position // chunk_size
+            first_seq += -(-len(order) // chunk_size)
+        return chunk_of
+
+    rng = random.Random(7)
+    for trial in range(200):
+        n = rng.randint(1, 60)
+        # Ties on size (few distinct values) and the largest keys _size_key can make.
+        sizes = array("q", (rng.choice([0, 5, 5, 9, (61 << 40) | ((1 << 40) - 1)])
+                            if trial % 2 else rng.randint(0, 1 << 46) for _ in range(n)))
+        variants = array("h", (rng.randint(0, rng.randint(0, 3)) for _ in range(n)))
+        chunk_size = rng.randint(1, 7)
+        assert list(chunk_by_size(sizes, chunk_size, variants)) == reference(
+            sizes, chunk_size, variants)
+        assert list(chunk_by_size(sizes, chunk_size)) == reference(sizes, chunk_size, [0] * n)

@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -106,13 +106,15 @@ def _reject_constant(name: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def iter_raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes without the line end) for every non-blank line, read as a stream."""
-    for line_no, raw in enumerate(stream, start=1):
+def iter_raw_lines(stream: Iterable[bytes], first_line_no: int = 1
+                   ) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the line end) for every non-blank line, read as a stream
+    (a file's lines, or the lines of one part of it from line `first_line_no` on)."""
+    for line_no, raw in enumerate(stream, start=first_line_no):
         if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         raw = raw.rstrip(b"\r\n")
-        if raw.strip():
+        if raw and not raw.isspace():
             yield line_no, raw
 
 

@@ -9,13 +9,14 @@ in a spool file on disk (RowSpool); storing the job then streams the spool into 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import struct
 import sys
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -87,41 +88,55 @@ def check_line(raw: bytes, line_no: int, settings: Settings) -> Request:
 def _size_key(request: Request, default_limit: int) -> int:
     """A line's place in length order, packed in one int (planner's key, characters for tokens)."""
     chars = len(request.text or "") + sum(len(m.get("content", "")) for m in request.messages or ())
-    bucket, length = order_key(chars, request.params.get("max_new_tokens", default_limit))
-    return (bucket << 40) | min(length, (1 << 40) - 1)
+    bucket = _limit_bucket(request.params.get("max_new_tokens", default_limit))
+    return (bucket << 40) | min(chars, (1 << 40) - 1)
+
+
+@functools.cache
+def _limit_bucket(max_new_tokens: int) -> int:
+    """order_key's first part. A file uses few distinct limits: its logarithm is computed once."""
+    return order_key(0, max_new_tokens)[0]
 
 
 KINDS = list(LineKind)
+KIND_NUMBER = {kind: number for number, kind in enumerate(KINDS)}
 
 
 class RowSpool:
-    """Every line's row as the check found it, in file order, in a temporary file: the line
+    """Every line's row as the check found it, in file order, in temporary files: the line
     number, its kind (INVALID for a refused line), its custom_id, and its normalised request
-    (or, refused, the reason). Storing reads it back instead of reading and checking again."""
+    (or, refused, the reason). Storing reads it back instead of reading and checking again.
+    A file checked in parts has one spool file per part, read in order (`append`)."""
 
     HEAD = struct.Struct("<IBII")  # line number, kind, custom_id bytes, payload bytes
 
-    def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile(prefix="batchq-rows-")  # noqa: SIM115 (closed by close())
+    def __init__(self, file: IO[bytes] | None = None) -> None:
+        self.file = file or tempfile.TemporaryFile(prefix="batchq-rows-")  # noqa: SIM115
+        self.parts: list[IO[bytes]] = [self.file]  # all closed by close()
 
     def add(self, line_no: int, kind: LineKind, custom_id: str, payload: str) -> None:
-        cid = custom_id.encode("utf-8", "surrogatepass")
-        data = payload.encode("utf-8", "surrogatepass")
-        self.file.write(self.HEAD.pack(line_no, KINDS.index(kind), len(cid), len(data)))
-        self.file.write(cid)
-        self.file.write(data)
+        cid = custom_id.encode()
+        data = payload.encode()
+        self.file.write(self.HEAD.pack(line_no, KIND_NUMBER[kind], len(cid), len(data))
+                        + cid + data)
+
+    def append(self, part: IO[bytes]) -> None:
+        """Another spool's file, whose rows follow these."""
+        self.parts.append(part)
 
     def rows(self) -> Iterator[tuple[int, LineKind, str, str]]:
-        self.file.flush()
-        self.file.seek(0)
-        read, size = self.file.read, self.HEAD.size
-        while head := read(size):
-            line_no, kind, cid_len, data_len = self.HEAD.unpack(head)
-            yield (line_no, KINDS[kind], read(cid_len).decode("utf-8", "surrogatepass"),
-                   read(data_len).decode("utf-8", "surrogatepass"))
+        size = self.HEAD.size
+        for part in self.parts:
+            part.flush()
+            part.seek(0)
+            read = part.read
+            while head := read(size):
+                line_no, kind, cid_len, data_len = self.HEAD.unpack(head)
+                yield line_no, KINDS[kind], read(cid_len).decode(), read(data_len).decode()
 
     def close(self) -> None:
-        self.file.close()
+        for part in self.parts:
+            part.close()
 
 
 @dataclass
@@ -143,9 +158,23 @@ def check_all(name: str, stream: IO[bytes], settings: Settings, default_limit: i
     """Every line checked. Kept in memory: counts, id digests and size keys; with `spool`,
     each line's row as it will be stored goes to a temporary file (RowSpool), so that storing
     never reads or checks the input again. A check that stores nothing needs no spool."""
-    checked = Checked(rows=RowSpool() if spool else None)
-    seen: dict[bytes, int] = {}  # 8-byte digest of custom_id -> first line number
-    for line_no, raw in iter_raw_lines(stream):
+    checked, _ = check_lines(name, iter_raw_lines(stream), settings, default_limit, rule, route,
+                             RowSpool() if spool else None)
+    return checked
+
+
+# 8-byte digest of a custom_id -> the line that first used it.
+Seen = dict[bytes, int]
+
+
+def check_lines(name: str, lines: Iterable[tuple[int, bytes]], settings: Settings,
+                default_limit: int, rule: Rule | None, route: Route | None,
+                rows: RowSpool | None) -> tuple[Checked, Seen]:
+    """check_all over numbered lines (all of a file, or one part of it: check_parts); also
+    returns the custom_ids the accepted lines used."""
+    checked = Checked(rows=rows)
+    seen: Seen = {}
+    for line_no, raw in lines:
         try:
             request = check_line(raw, line_no, settings)
             digest = hashlib.blake2b(request.custom_id.encode(), digest_size=8).digest()
@@ -160,19 +189,23 @@ def check_all(name: str, stream: IO[bytes], settings: Settings, default_limit: i
             checked.accepted += 1
             checked.sizes.append(_size_key(request, default_limit))
             checked.variant_of.append(variant)
-            if checked.rows is not None:
-                checked.rows.add(line_no, request.kind, request.custom_id, request.to_json())
+            if rows is not None:
+                rows.add(line_no, request.kind, request.custom_id, request.to_json())
         except LineError as exc:
             checked.refused[line_no] = exc
-            if checked.rows is not None:
-                checked.rows.add(line_no, LineKind.INVALID,
-                                 guess_custom_id(raw, line_no, settings), str(exc))
+            if rows is not None:
+                rows.add(line_no, LineKind.INVALID, guess_custom_id(raw, line_no, settings),
+                         str(exc))
             if len(checked.problems) < MAX_PROBLEMS_SHOWN:
                 checked.problems.append(f"{name}:{line_no}: {exc}")
         if checked.accepted + len(checked.refused) > settings.max_file_lines:
-            raise InputError(name, [], 0, f"{name}: more than {settings.max_file_lines} lines "
-                             "(BATCHQ_MAX_FILE_LINES); no job created")
-    return checked
+            raise too_many_lines(name, settings)
+    return checked, seen
+
+
+def too_many_lines(name: str, settings: Settings) -> InputError:
+    return InputError(name, [], 0, f"{name}: more than {settings.max_file_lines} lines "
+                      "(BATCHQ_MAX_FILE_LINES); no job created")
 
 
 def refuse_unless_runnable(name: str, checked: Checked, skip_invalid: bool) -> None:
@@ -218,12 +251,23 @@ def chunk_by_size(sizes: array[int], chunk_size: int,
     """
     groups = variant_of if variant_of is not None and len(variant_of) else array(
         "h", bytes(2 * len(sizes)))
+    # One int per line sorts as (variant, size descending, line ascending): a million lines
+    # cost about 50 MB, where a key tuple per line cost three times that at the peak.
+    order = sorted((groups[i] << _GROUP_SHIFT) | ((_SIZE_LIMIT - 1 - size) << _INDEX_BITS) | i
+                   for i, size in enumerate(sizes))
     chunk_of = array("i", bytes(4 * len(sizes)))
-    first_seq = 1
-    for group in sorted(set(groups)):
-        members = [i for i in range(len(sizes)) if groups[i] == group]
-        order = sorted(members, key=lambda i: (sizes[i], -i), reverse=True)
-        for position, index in enumerate(order):
-            chunk_of[index] = first_seq + position // chunk_size
-        first_seq += -(-len(order) // chunk_size)
+    seq, group, position = 0, None, 0
+    for key in order:
+        if key >> _GROUP_SHIFT != group:  # a variant's first line starts a chunk of its own
+            group, position = key >> _GROUP_SHIFT, 0
+        if position % chunk_size == 0:
+            seq += 1
+        chunk_of[key & _INDEX_MASK] = seq
+        position += 1
     return chunk_of
+
+
+_INDEX_BITS = 32  # a line's index (chunk_of is an array of 32-bit ints anyway)
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
+_SIZE_LIMIT = 1 << 48  # _size_key's largest: a limit bucket under 2^7, shifted by 40
+_GROUP_SHIFT = _INDEX_BITS + 48

@@ -25,7 +25,7 @@ class ModelRouter:
         if self.override or request.model is None:
             return 0
         if request.model not in self._by_name:
-            self._by_name[request.model] = self._index(self._resolve(request))
+            self._by_name[request.model] = self.index_of(self._resolve(request))
         return self._by_name[request.model]
 
     def _resolve(self, request: Request) -> Variant:
@@ -38,7 +38,8 @@ class ModelRouter:
                             "or a model directory, or submit with --model-override to run every "
                             "line on --model", "model_not_found", field) from None
 
-    def _index(self, variant: Variant) -> int:
+    def index_of(self, variant: Variant) -> int:
+        """The variant's index, added to `variants` if it is new."""
         if variant not in self.variants:
             self.variants.append(variant)
         return self.variants.index(variant)

@@ -6,12 +6,14 @@ import uuid
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from batchq.config import Settings, get_settings
 from batchq.engine.types import DEFAULT_MAX_NEW_TOKENS
 from batchq.formats import LineError, LineKind, Request
 from batchq.service import dispatch
+from batchq.service.check_parts import check_file
 from batchq.service.intake import (
     Checked,
     RowSpool,
@@ -95,7 +97,10 @@ def submit(path: str, model: str, quant: str | None = None, *,
     default_limit = job_settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     router = ModelRouter(variant, settings, override=model_override)
     with open_input(path, settings) as (source, stream):
-        checked = check_all(source, stream, settings, default_limit, route=router)
+        if path == "-":
+            checked = check_all(source, stream, settings, default_limit, route=router)
+        else:  # a big file is checked in two processes
+            checked = check_file(source, Path(path), settings, default_limit, router)
     checked.variants = router.variants
     refuse_unless_runnable(source, checked, skip_invalid)
     if refused is not None:
