@@ -111,3 +111,24 @@ def test_the_line_cap_counts_both_halves(tmp_path):
     assert ok.accepted == 300 and ok.rows is not None
     assert [row[0] for row in ok.rows.rows()] == list(range(1, 301))
     ok.rows.close()
+
+
+def test_a_second_process_that_cannot_run_leaves_the_check_to_this_one(tmp_path, monkeypatch):
+    from batchq.service import check_parts
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(_lines(200)) + "\n")
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(spools))
+    settings = _settings(tmp_path)
+    monkeypatch.setattr(check_parts.sys, "executable", "/bin/false")  # exits 1 at once
+    alone, parts = _both(path, settings)
+    _same(alone, parts)
+    # A first half over the cap stops the second process; no spool is left behind either way.
+    monkeypatch.undo()
+    monkeypatch.setattr("tempfile.tempdir", str(spools))
+    with pytest.raises(InputError, match="more than 50 lines"):
+        check_file(str(path), path, _settings(tmp_path, max_file_lines=50), 64,
+                   _router(settings), from_bytes=1)
+    assert list(spools.iterdir()) == []

@@ -12,16 +12,14 @@ duplicate is reported the usual way (with the line that first used it).
 
 from __future__ import annotations
 
-import copy
 import logging
-import multiprocessing
 import os
+import pickle
+import subprocess
 import sys
 import tempfile
 from array import array
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -64,32 +62,31 @@ def check_file(name: str, path: Path, settings: Settings, default_limit: int,
             stream.seek(0)
             return check_all(name, stream, settings, default_limit, route=router)
         first_line_no = _lines_before(stream, middle) + 1
+        spool = tempfile.NamedTemporaryFile(prefix="batchq-rows-", delete=False)  # noqa: SIM115
+        spool.close()
         head_rows = RowSpool()
-        # spawn, not fork: this process may hold threads and connections a fork would copy.
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            # The router as it is now: the arguments are pickled later, by another thread,
-            # while this one's check goes on changing it.
-            rest = pool.submit(_check_rest, name, str(path), middle, first_line_no, settings,
-                               default_limit, copy.deepcopy(router))
+        try:
+            second = _start_second(_Half(name, str(path), middle, first_line_no, settings,
+                                         default_limit, router, spool.name))
             try:
                 stream.seek(0)
                 head, seen = check_lines(name, iter_raw_lines(_until(stream, middle)), settings,
                                          default_limit, None, router, head_rows)
             except BaseException:
-                head_rows.close()
-                rest.add_done_callback(_discard)
+                second.kill()
                 raise
-        try:
-            tail = rest.result()
-        except BrokenProcessPool:
-            # It could not start: a program that was read from stdin has no file for it to
-            # import, a script without a __main__ guard refuses to. One process checks all.
-            log.warning("could not check %s in two processes; checking it in one", name)
+            tail = _result_of(second)
+            if tail is None:
+                log.warning("could not check %s in two processes; checking it in one", name)
+                head_rows.close()
+                stream.seek(0)
+                return check_all(name, stream, settings, default_limit, route=router)
+            head_rows.append(open(spool.name, "rb"))  # noqa: SIM115 (closed with head_rows)
+        except BaseException:
             head_rows.close()
-            stream.seek(0)
-            return check_all(name, stream, settings, default_limit, route=router)
-        head_rows.append(open(tail.spool, "rb"))  # noqa: SIM115 (closed with head_rows)
-        os.unlink(tail.spool)
+            raise
+        finally:
+            os.unlink(spool.name)  # open (or never used): its rows stay readable until closed
         if any(tail.digests[i:i + 8] in seen for i in range(0, len(tail.digests), 8)):
             head_rows.close()  # a custom_id in both halves: checked again, whole, to say so
             stream.seek(0)
@@ -97,36 +94,67 @@ def check_file(name: str, path: Path, settings: Settings, default_limit: int,
         return _joined(name, head, tail, router, settings)
 
 
-def _discard(rest: Future[_Rest]) -> None:
-    """The second half's spool, when the first half failed and nothing will read it."""
-    if not rest.cancelled() and rest.exception() is None:
-        os.unlink(rest.result().spool)
+@dataclass
+class _Half:
+    """What the second process is asked to check: the lines of `path` from byte `start`."""
+
+    name: str
+    path: str
+    start: int
+    first_line_no: int
+    settings: Settings
+    default_limit: int
+    router: ModelRouter  # as it was before either half began
+    spool: str  # the file its rows go to
+
+
+def _start_second(half: _Half) -> subprocess.Popen[bytes]:
+    """A fresh interpreter running batchq.service.second_half: nothing of this process (its
+    threads, connections or main module) is copied or run again there."""
+    process = subprocess.Popen([sys.executable, "-m", "batchq.service.second_half"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdin is not None
+    try:
+        process.stdin.write(pickle.dumps(half))
+        process.stdin.close()
+    except OSError:  # it died at once; _result_of says so
+        pass
+    process.stdin = None  # sent: communicate() must not touch it again
+    return process
+
+
+def _result_of(second: subprocess.Popen[bytes]) -> _Rest | None:
+    """The second half's findings; None if it failed (the reason is logged for -v)."""
+    out, err = second.communicate()
+    if second.returncode != 0:
+        log.debug("the second checking process failed (%s): %s", second.returncode,
+                  err.decode(errors="replace")[-2000:])
+        return None
+    rest: _Rest = pickle.loads(out)
+    return rest
+
+
+def check_half(half: _Half) -> _Rest:
+    """In the second process: check the lines from byte `half.start` to the end. The cap on
+    lines is the whole file's, so it is checked once both halves are counted (_joined)."""
+    settings = replace(half.settings, max_file_lines=sys.maxsize)
+    with open(half.path, "rb") as stream, open(half.spool, "wb") as spool:
+        stream.seek(half.start)
+        checked, seen = check_lines(half.name, iter_raw_lines(stream, half.first_line_no),
+                                    settings, half.default_limit, None, half.router,
+                                    RowSpool(spool))
+    checked.rows = None
+    return _Rest(checked, b"".join(seen), half.router.variants)
 
 
 @dataclass
 class _Rest:
     """What the second process found in its half, to be joined to the first half's."""
 
-    checked: Checked  # without its spool: that is the file named `spool`
-    spool: str
+    checked: Checked  # without its spool: that is the file _Half named
     digests: bytes  # the accepted lines' custom_id digests, 8 bytes each
     variants: list  # the router's variants, which checked.variant_of indexes
-
-
-def _check_rest(name: str, path: str, start: int, first_line_no: int, settings: Settings,
-                default_limit: int, router: ModelRouter) -> _Rest:
-    """The second process: check the lines from byte `start` to the end. The cap on lines is
-    the whole file's, so it is checked once both halves are counted (_joined)."""
-    settings = replace(settings, max_file_lines=sys.maxsize)
-    spool_file = tempfile.NamedTemporaryFile(prefix="batchq-rows-", delete=False)  # noqa: SIM115
-    with open(path, "rb") as stream:
-        stream.seek(start)
-        lines = iter_raw_lines(stream, first_line_no)
-        checked, seen = check_lines(name, lines, settings, default_limit, None, router,
-                                    RowSpool(spool_file))
-    spool_file.close()
-    checked.rows = None
-    return _Rest(checked, spool_file.name, b"".join(seen), router.variants)
 
 
 def _joined(name: str, head: Checked, tail: _Rest, router: ModelRouter,
