@@ -74,6 +74,7 @@ def check_file(name: str, path: Path, settings: Settings, default_limit: int,
                                          default_limit, None, router, head_rows)
             except BaseException:
                 second.kill()
+                second.wait()
                 raise
             tail = _result_of(second)
             if tail is None:
