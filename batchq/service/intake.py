@@ -45,9 +45,10 @@ def _too_big(name: str, size: int | str, settings: Settings) -> InputError:
 @contextlib.contextmanager
 def open_input(path: str, settings: Settings) -> Iterator[tuple[str, IO[bytes]]]:
     """A name for messages and the input, open for reading once (stdin is spooled to disk
-    first, so that its size is known before anything is checked)."""
+    first, so that its size is known before anything is checked, and so that a big one can be
+    checked in two processes like a file: the spool's `name` is its path)."""
     if path == "-":
-        with tempfile.TemporaryFile() as spool:
+        with tempfile.NamedTemporaryFile(prefix="batchq-stdin-") as spool:
             copied = 0
             while block := sys.stdin.buffer.read(1 << 20):
                 copied += len(block)

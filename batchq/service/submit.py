@@ -97,10 +97,9 @@ def submit(path: str, model: str, quant: str | None = None, *,
     default_limit = job_settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     router = ModelRouter(variant, settings, override=model_override)
     with open_input(path, settings) as (source, stream):
-        if path == "-":
-            checked = check_all(source, stream, settings, default_limit, route=router)
-        else:  # a big file is checked in two processes
-            checked = check_file(source, Path(path), settings, default_limit, router)
+        # A big file (or stdin, spooled to one) is checked in two processes.
+        on_disk = path if path != "-" else stream.name
+        checked = check_file(source, Path(on_disk), settings, default_limit, router)
     checked.variants = router.variants
     refuse_unless_runnable(source, checked, skip_invalid)
     if refused is not None:
