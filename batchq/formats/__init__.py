@@ -8,6 +8,7 @@ from batchq.formats.lines import (
     OPENAI_URLS,
     LineKind,
     Request,
+    is_text,
     iter_raw_lines,
     openai_kind,
     parse_line,
@@ -15,5 +16,5 @@ from batchq.formats.lines import (
 from batchq.formats.results import JSON_INCOMPLETE, LineResult, render_result
 
 __all__ = ["JSON_INCOMPLETE", "OPENAI_URLS", "PARAM_KEYS", "LineError", "LineKind", "LineResult",
-           "Request", "compact_json", "iter_raw_lines", "openai_kind", "parse_line",
+           "Request", "compact_json", "is_text", "iter_raw_lines", "openai_kind", "parse_line",
            "render_result"]

@@ -1,7 +1,7 @@
 """JSON as batchq writes it: compact, UTF-8 as it is, by orjson (a compiled encoder, about 15x
 the standard library's on a result line). The standard library, with the same separators,
-writes what orjson refuses (a lone surrogate, which JSON input can give as an escape), so
-every value is written and every line looks alike."""
+writes what orjson refuses (a lone surrogate: input lines holding one are refused, but a value
+may come from elsewhere), so every value is written and every line looks alike."""
 
 from __future__ import annotations
 

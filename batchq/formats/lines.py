@@ -152,14 +152,20 @@ def _parsed_strictly(raw: bytes) -> Any:
     return value
 
 
+def is_text(value: str) -> bool:
+    """False for a string with a lone surrogate (JSON can escape one): it is not Unicode text,
+    and no tokenizer or database takes it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _lone_surrogate(value: Any, path: str) -> str | None:
-    """The path of the first string (or key) in `value` that UTF-8 cannot encode, or None."""
+    """The path of the first string (or key) in `value` that is not text (is_text), or None."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return None
+        return None if is_text(value) else path
     items = (value.items() if isinstance(value, dict)
              else enumerate(value) if isinstance(value, list) else ())
     for key, item in items:

@@ -55,12 +55,16 @@ def check_file(name: str, path: Path, settings: Settings, default_limit: int,
     and a second core is there."""
     size = path.stat().st_size
     with path.open("rb") as stream:
-        if size < max(from_bytes, 1) or cores() < 2:
-            return check_all(name, stream, settings, default_limit, route=router)
-        middle = _line_start_after(stream, size // 2)
-        if middle >= size:  # one huge line: nothing to split
+
+        def in_one_process() -> Checked:
             stream.seek(0)
             return check_all(name, stream, settings, default_limit, route=router)
+
+        if size < max(from_bytes, 1) or cores() < 2:
+            return in_one_process()
+        middle = _line_start_after(stream, size // 2)
+        if middle >= size:  # one huge line: nothing to split
+            return in_one_process()
         first_line_no = _lines_before(stream, middle) + 1
         spool = tempfile.NamedTemporaryFile(prefix="batchq-rows-", delete=False)  # noqa: SIM115
         spool.close()
@@ -80,8 +84,7 @@ def check_file(name: str, path: Path, settings: Settings, default_limit: int,
             if tail is None:
                 log.warning("could not check %s in two processes; checking it in one", name)
                 head_rows.close()
-                stream.seek(0)
-                return check_all(name, stream, settings, default_limit, route=router)
+                return in_one_process()
             head_rows.append(open(spool.name, "rb"))  # noqa: SIM115 (closed with head_rows)
         except BaseException:
             head_rows.close()
@@ -90,8 +93,7 @@ def check_file(name: str, path: Path, settings: Settings, default_limit: int,
             os.unlink(spool.name)  # open (or never used): its rows stay readable until closed
         if any(tail.digests[i:i + 8] in seen for i in range(0, len(tail.digests), 8)):
             head_rows.close()  # a custom_id in both halves: checked again, whole, to say so
-            stream.seek(0)
-            return check_all(name, stream, settings, default_limit, route=router)
+            return in_one_process()
         return _joined(name, head, tail, router, settings)
 
 

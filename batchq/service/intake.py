@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import IO
 
 from batchq.config import Settings
-from batchq.engine.planning import order_key
+from batchq.engine.planning import limit_bucket
 from batchq.engine.schemas import schema_problem
 from batchq.errors import InputError, NotFound
-from batchq.formats import LineError, LineKind, Request, iter_raw_lines, parse_line
+from batchq.formats import LineError, LineKind, Request, is_text, iter_raw_lines, parse_line
 from batchq.variants import Variant
 
 MAX_PROBLEMS_SHOWN = 20
@@ -93,10 +93,8 @@ def _size_key(request: Request, default_limit: int) -> int:
     return (bucket << 40) | min(chars, (1 << 40) - 1)
 
 
-@functools.cache
-def _limit_bucket(max_new_tokens: int) -> int:
-    """order_key's first part. A file uses few distinct limits: its logarithm is computed once."""
-    return order_key(0, max_new_tokens)[0]
+# order_key's first part. A file uses few distinct limits: each one's logarithm is taken once.
+_limit_bucket = functools.cache(limit_bucket)
 
 
 KINDS = list(LineKind)
@@ -228,18 +226,9 @@ def guess_custom_id(raw: bytes, line_no: int, settings: Settings) -> str:
         except (UnicodeDecodeError, ValueError):
             obj = None
         custom_id = obj.get("custom_id") if isinstance(obj, dict) else None
-        if isinstance(custom_id, str) and custom_id and _is_text(custom_id):
+        if isinstance(custom_id, str) and custom_id and is_text(custom_id):
             return custom_id
     return f"line-{line_no}"
-
-
-def _is_text(value: str) -> bool:
-    """False for a string with a lone surrogate (JSON can escape one): no database stores it."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def chunk_by_size(sizes: array[int], chunk_size: int,
