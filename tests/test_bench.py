@@ -47,8 +47,8 @@ def test_bench_runs_the_users_own_workload_file_in_process_and_as_a_job(tiny_mod
          "body": {"model": "x", "prompt": "Once upon a time", "max_tokens": 7}}]) + "\n")
     out = tmp_path / "bench.json"
     res = batchq("bench", str(tiny_model), "--workload", str(mine), "--ignore-eos",
-                 "--strategies", "naive,static,auto", "--system", "--json", str(out),
-                 env=embedded_env)
+                 "--strategies", "naive,static,auto", "--system", "--repeat", "2",
+                 "--json", str(out), env=embedded_env)
     assert res.returncode == 0, res.stderr
     assert f"3 prompts of {mine}" in res.stderr
     # Measured, unless timings on a machine this busy made no sense (then the assumed costs).
@@ -71,6 +71,16 @@ def test_bench_runs_the_users_own_workload_file_in_process_and_as_a_job(tiny_mod
     assert system["completion_tokens"] > 0 and system["batches"] >= 1
     assert system["ratio"] == pytest.approx(system["system_tokens_per_s"]
                                             / system["engine_tokens_per_s"])
+    # --repeat 2: two pairs, engine alone then job, and the figures are the median pair's
+    # (the lower of two).
+    runs = system["runs"]
+    assert len(runs) == 2 and all(r["ratio"] == pytest.approx(
+        r["system_tokens_per_s"] / r["engine_tokens_per_s"]) for r in runs)
+    assert system["ratio"] == min(r["ratio"] for r in runs)
+    shares = ", ".join(f"{100 * r['ratio']:.0f}%" for r in runs)
+    assert f"median of 2 runs, alternating; the job's share in each: {shares}" in res.stdout
+    assert res.stderr.count("engine alone (static)") + res.stderr.count(
+        "engine alone (auto)") == 2
     assert system["speedup_vs_naive"] == pytest.approx(system["system_tokens_per_s"]
                                                        / system["naive_tokens_per_s"])
     # The bench job ran in a throwaway store: the user's own job list is untouched.
@@ -126,6 +136,7 @@ def test_bench_compares_every_strategy_on_the_same_prompts(tiny_model, embedded_
     (["MODEL", "--strategies", "static,fastest"], "--strategies: unknown fastest"),
     (["MODEL", "--prompt-tokens", "50", "10"], "--prompt-tokens: the low end 50 is above"),
     (["MODEL", "--mix", "zipf"], "--mix: unknown 'zipf'; choose one of log-uniform, uniform"),
+    (["MODEL", "--repeat", "3"], "--repeat: give --system as well"),
 ])
 def test_bench_refuses_bad_options_in_one_line(tiny_model, embedded_env, args, fragment):
     args = [str(tiny_model) if a == "MODEL" else a for a in args]

@@ -171,3 +171,65 @@ def test_a_job_past_its_window_expires_its_open_lines_and_keeps_the_finished(set
     assert store.record_batch(chunk, "w1", [Out(claim.lines[1].id, "late")], Stats()) == "expired"
     assert [r.output for r in line_results(settings, job_id)][1] is None
     assert job_view(settings, on_time).status is JobStatus.QUEUED
+
+
+def test_a_batch_write_stores_every_field_and_counts_the_next_batch_while_the_job_runs(settings):
+    """One statement on PostgreSQL, several on SQLite (batchq.store.batch_write): the same rows."""
+    from sqlalchemy import select
+
+    from batchq.store.models import BatchRun, Line
+
+    store = Transitions(settings)
+    job_id, (chunk,) = new_job(settings, lines=5)
+    claim = store.claim(chunk.id, "w1", QUEUE)
+    assert not isinstance(claim, str)
+    a, b, c, d, e = (line.id for line in claim.lines)
+    store.start_batch([a, b, c])
+    calls = [{"name": "f", "arguments": '{"x": "é"}'}]
+    status = store.record_batch(chunk, "w1", [
+        Out(a, "NUL \x00 inside, \x01 mark", "length", prompt_tokens=7, completion_tokens=4),
+        Out(b, '{"cut', "length", completion_tokens=9, error="JSON cut off"),
+        Out(c, "answer", reasoning="because\x00", reasoning_tokens=3, tool_calls=calls),
+    ], Stats(rows=3, prompt_tokens=20, padded_prompt_tokens=24, completion_tokens=15,
+             decode_slots=18, seconds=0.5, peak_memory_bytes=123), next_batch=[d, e],
+        deduplicated=1)
+    assert status is JobStatus.RUNNING
+
+    def lines() -> list[tuple]:
+        with session_scope(settings) as session:
+            return [(r.status.value, r.output, r.error, r.finish_reason, r.prompt_tokens,
+                     r.completion_tokens, r.reasoning, r.reasoning_tokens, r.tool_calls,
+                     r.attempts, r.started_at is not None, r.finished_at is not None)
+                    for r in session.scalars(select(Line).where(Line.job_id == job_id)
+                                             .order_by(Line.line_no))]
+
+    assert lines() == [
+        ("succeeded", "NUL \x00 inside, \x01 mark", None, "length", 7, 4, None, None, None, 1,
+         True, True),
+        # A failed line keeps its finish reason and tokens, never an output.
+        ("failed", None, "JSON cut off", "length", 3, 9, None, None, None, 1, True, True),
+        ("succeeded", "answer", None, "stop", 3, 2, "because\x00", 3,
+         '[{"name": "f", "arguments": "{\\"x\\": \\"é\\"}"}]', 1, True, True),
+        ("pending", None, None, None, None, None, None, None, None, 1, True, False),
+        ("pending", None, None, None, None, None, None, None, None, 1, True, False)]
+    view = job_view(settings, job_id)
+    m = view.metrics
+    assert (m.batches, m.prompt_tokens, m.completion_tokens) == (1, 20, 15)
+    with session_scope(settings) as session:
+        run, = session.scalars(select(BatchRun).where(BatchRun.job_id == job_id))
+        assert (run.chunk_seq, run.worker, run.rows, run.padded_prompt_tokens,
+                run.decode_slots, run.seconds) == (1, "w1", 3, 24, 18, 0.5)
+        sums = session.execute(text(
+            "SELECT generate_seconds, decode_slots, deduplicated_lines, peak_memory_bytes "
+            "FROM chunks WHERE id = :c"), {"c": chunk.id}).one()
+    assert tuple(sums) == (0.5, 18, 1, 123)
+
+    # Once the job is cancelled, the next batch's attempts no longer count, a late result is
+    # dropped, and a batch without rows adds no batch run.
+    store.cancel(job_id)
+    assert store.record_batch(chunk, "w1", [Out(d, "late")], Stats(rows=0),
+                              next_batch=[e]) is JobStatus.CANCELLED
+    assert [row[:2] for row in lines()][3:] == [("cancelled", None), ("cancelled", None)]
+    assert [row[9] for row in lines()] == [1] * 5
+    with session_scope(settings) as session:
+        assert len(session.scalars(select(BatchRun).where(BatchRun.job_id == job_id)).all()) == 1

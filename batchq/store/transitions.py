@@ -27,62 +27,21 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
 from batchq.errors import NotNow
 from batchq.formats import LineKind
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
+from batchq.store.batch_write import Measured, Outcome, count_attempts, write_batch
 from batchq.store.database import utcnow
-from batchq.store.models import BATCH_RUNS, CHUNKS, JOBS, LINES, Chunk, Job, Line
+from batchq.store.models import Chunk, Job, Line
 from batchq.store.reads import describe, find_job, has_lines, select_chunks
 from batchq.store.sessions import changed_rows, session_scope
 from batchq.store.views import ChunkRef, Claim, ClaimedLine, JobView
-
-
-class Outcome(Protocol):
-    """One line's result as the engine gives it (batchq.engine.Completion fits)."""
-
-    @property
-    def key(self) -> Any: ...
-    @property
-    def text(self) -> str | None: ...
-    @property
-    def finish_reason(self) -> str | None: ...
-    @property
-    def prompt_tokens(self) -> int: ...
-    @property
-    def completion_tokens(self) -> int: ...
-    @property
-    def error(self) -> str | None: ...
-    @property
-    def reasoning(self) -> str | None: ...
-    @property
-    def reasoning_tokens(self) -> int: ...
-    @property
-    def tool_calls(self) -> list[dict[str, str]] | None: ...
-
-
-class Measured(Protocol):
-    """One batch's measurements (batchq.engine.BatchStats fits)."""
-
-    @property
-    def rows(self) -> int: ...
-    @property
-    def prompt_tokens(self) -> int: ...
-    @property
-    def padded_prompt_tokens(self) -> int: ...
-    @property
-    def completion_tokens(self) -> int: ...
-    @property
-    def decode_slots(self) -> int: ...
-    @property
-    def seconds(self) -> float: ...
-    @property
-    def peak_memory_bytes(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -168,7 +127,7 @@ class Transitions:
         """An attempt counts before its batch runs: a pending line with attempts was in a batch
         that never ended (crash, kill, error)."""
         with session_scope(self.settings) as session:
-            _count_attempts(session, line_ids, utcnow())
+            count_attempts(session.connection(), line_ids, utcnow())
 
     def note_error(self, line_ids: Sequence[int], reason: str) -> None:
         """A batch raised: the lines stay pending, with the reason they fail with if it lasts."""
@@ -187,35 +146,11 @@ class Transitions:
         is, the attempts of `next_batch` (the lines about to run) count in the same commit:
         one round of the database per batch, not two. `deduplicated` of the outcomes are
         copies of another line's generation (counted, never generated)."""
-        now = utcnow()
-        s = stats
         with session_scope(self.settings) as session:
-            # Core statements built once (below) on the session's connection: building them
-            # and the ORM's bookkeeping cost more than the database does on a fast engine's
-            # small batches.
-            db = session.connection()
-            if outcomes:
-                # One statement for the whole batch, executed over its rows: a round trip per
-                # line would cost more than a small model's whole batch (README, Performance).
-                db.execute(LINE_RESULT, [_result_row(c, now) for c in outcomes])
-            db.execute(CHUNK_BATCH, {
-                "c_id": chunk.id, "c_batches": 1 if s.rows else 0,
-                "c_prompt_tokens": s.prompt_tokens,
-                "c_padded_prompt_tokens": s.padded_prompt_tokens,
-                "c_completion_tokens": s.completion_tokens, "c_decode_slots": s.decode_slots,
-                "c_generate_seconds": s.seconds, "c_deduplicated_lines": deduplicated,
-                "c_peak_memory_bytes": s.peak_memory_bytes})
-            if s.rows:
-                db.execute(insert(BATCH_RUNS), {
-                    "job_id": chunk.job_id, "chunk_seq": chunk.seq, "worker": worker,
-                    "finished_at": now, "seconds": s.seconds, "rows": s.rows,
-                    "prompt_tokens": s.prompt_tokens,
-                    "padded_prompt_tokens": s.padded_prompt_tokens,
-                    "completion_tokens": s.completion_tokens, "decode_slots": s.decode_slots})
-            status = JobStatus(db.execute(JOB_STATUS, {"j_id": chunk.job_id}).scalar_one())
-            if next_batch and status in ACTIVE_JOB_STATUSES:
-                _count_attempts(session, next_batch, now)
-            return status
+            # Core statements on the session's connection (batchq.store.batch_write): the
+            # ORM's bookkeeping cost more than the database does on a fast engine's batches.
+            return write_batch(session.connection(), chunk, worker, outcomes, stats,
+                               next_batch, deduplicated, utcnow())
 
     # ------------------------------------------------------------ chunks, by the sweep
 
@@ -331,49 +266,6 @@ class Transitions:
             session.execute(update(Line).where(Line.id.in_(list(line_ids)),
                                                Line.status == LineStatus.PENDING)
                             .values(**values))
-
-
-def _count_attempts(session: Session, line_ids: Sequence[int], now: datetime) -> None:
-    session.connection().execute(COUNT_ATTEMPTS, {"a_ids": list(line_ids), "a_now": now})
-
-
-# The statements of a batch, built once: per call, building one cost about as much as the
-# database took to run it.
-_lines = LINES.c
-COUNT_ATTEMPTS = (update(LINES)
-                  .where(_lines.id.in_(bindparam("a_ids", expanding=True)),
-                         _lines.status == LineStatus.PENDING)
-                  .values(attempts=_lines.attempts + 1, started_at=bindparam("a_now")))
-_chunks = CHUNKS.c
-# A batch's totals, added to its chunk's (the job's metrics sum them).
-CHUNK_BATCH = (update(CHUNKS).where(_chunks.id == bindparam("c_id"))
-               .values({name: _chunks[name] + bindparam(f"c_{name}") for name in (
-                   "batches", "prompt_tokens", "padded_prompt_tokens", "completion_tokens",
-                   "decode_slots", "generate_seconds", "deduplicated_lines")})
-               .values(peak_memory_bytes=bindparam("c_peak_memory_bytes")))
-JOB_STATUS = select(JOBS.c.status).where(JOBS.c.id == bindparam("j_id"))
-# A batch's results, one parameter set per line (bind names may not be column names).
-LINE_RESULT = (update(LINES)
-               .where(_lines.id == bindparam("b_id"), _lines.status == LineStatus.PENDING)
-               .values({name: bindparam(f"b_{name}") for name in (
-                   "status", "output", "error", "finish_reason", "prompt_tokens",
-                   "completion_tokens", "reasoning", "reasoning_tokens", "tool_calls",
-                   "finished_at")}))
-
-
-def _result_row(c: Outcome, now: datetime) -> dict[str, Any]:
-    """A line's final values; a JSON cut off by the output limit fails but keeps its finish
-    reason and tokens."""
-    ok = c.error is None
-    return {"b_id": c.key, "b_status": LineStatus.SUCCEEDED if ok else LineStatus.FAILED,
-            "b_output": c.text if ok else None, "b_error": c.error,
-            "b_finish_reason": c.finish_reason, "b_prompt_tokens": c.prompt_tokens,
-            "b_completion_tokens": c.completion_tokens,
-            "b_reasoning": c.reasoning if ok else None,
-            "b_reasoning_tokens": c.reasoning_tokens if ok and c.reasoning is not None else None,
-            "b_tool_calls": json.dumps(c.tool_calls, ensure_ascii=False)
-            if ok and c.tool_calls is not None else None,
-            "b_finished_at": now}
 
 
 def _requeued(now: datetime) -> dict[str, Any]:

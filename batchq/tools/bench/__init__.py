@@ -51,6 +51,7 @@ class BenchOptions:
     max_batch_tokens: int | None = None
     max_batch_rows: int | None = None
     system: bool = False
+    repeat: int = 1  # --system: engine alone and job pairs, alternating; the median is reported
     engine: str = "transformers"  # null: the system's own ceiling, nothing generated
     workers: int = 1  # worker processes for --system and --engine null
     json_path: str | None = None
@@ -68,6 +69,9 @@ class BenchOptions:
         if self.engine == "null" and not self.model:
             raise ConfigError("--engine null: give the MODEL whose queue the job goes to "
                               "(it is not loaded)")
+        if self.repeat > 1 and not self.system:
+            raise ConfigError("--repeat: give --system as well (it repeats the engine alone "
+                              "and the job, in turn)")
         if self.workload and not Path(self.workload).is_file():
             raise ConfigError(f"--workload: {self.workload}: no such file")
         for label, (low, high) in (("--prompt-tokens", self.prompt_tokens),
@@ -148,12 +152,15 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
         if not options.workload:
             items, lines = as_job_lines(engine, items)
         system = measure_system(engine, variant.model, variant.quant, items, lines,
-                                best.strategy, note)
+                                best.strategy, note, options.repeat)
         out(f"system ({system.backend}, {best.strategy}): "
             f"{system.system_tokens_per_s:,.0f} output tokens/s through queue, database "
             f"and worker = {100 * system.ratio:.0f}% of the engine alone "
             f"({system.engine_tokens_per_s:,.0f}); outputs "
             f"{'match' if system.outputs_match else 'DIFFER'}")
+        if len(system.runs) > 1:
+            out(f"median of {len(system.runs)} runs, alternating; the job's share in each: "
+                + ", ".join(f"{100 * r['ratio']:.0f}%" for r in system.runs))
         out(f"end to end vs the naive loop (EOS honoured, {system.naive_tokens_per_s:,.0f} "
             f"output tokens/s): {system.speedup_vs_naive:.2f}x")
     if options.json_path:

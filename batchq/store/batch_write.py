@@ -1,0 +1,198 @@
+"""A worker's write of one finished batch: its lines' results, its chunk's totals, its row in
+batch_runs and the next batch's attempts, in one transaction, with the job's status read back.
+
+A small model's batch takes a few milliseconds on a GPU, so this write is on the hot path of
+every job: on PostgreSQL it is one statement (one round trip, one plan), elsewhere a handful
+of portable ones. Both are built once: per call, building one cost about as much as the
+database took to run it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection
+
+from batchq.states import ACTIVE_JOB_STATUSES, JobStatus, LineStatus
+from batchq.store.models import BATCH_RUNS, CHUNKS, JOBS, LINES
+from batchq.store.views import ChunkRef
+
+
+class Outcome(Protocol):
+    """One line's result as the engine gives it (batchq.engine.Completion fits)."""
+
+    @property
+    def key(self) -> Any: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def reasoning(self) -> str | None: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
+    @property
+    def tool_calls(self) -> list[dict[str, str]] | None: ...
+
+
+class Measured(Protocol):
+    """A batch's figures (batchq.engine.BatchStats fits)."""
+
+    @property
+    def rows(self) -> int: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def padded_prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def decode_slots(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def peak_memory_bytes(self) -> int: ...
+
+
+# What a batch adds to its chunk's totals (the job's metrics sum them).
+CHUNK_SUMS = ("batches", "prompt_tokens", "padded_prompt_tokens", "completion_tokens",
+              "decode_slots", "generate_seconds", "deduplicated_lines")
+# A line's result columns, in this order in every statement below.
+RESULT_COLUMNS = ("status", "output", "error", "finish_reason", "prompt_tokens",
+                  "completion_tokens", "reasoning", "reasoning_tokens", "tool_calls")
+RUN_COLUMNS = ("seconds", "rows", "prompt_tokens", "padded_prompt_tokens", "completion_tokens",
+               "decode_slots")
+
+
+def write_batch(db: Connection, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
+                stats: Measured, next_batch: Sequence[int], deduplicated: int,
+                now: datetime) -> JobStatus:
+    """Write the batch in the caller's transaction; returns the job's status. The attempts
+    of `next_batch` count only while the job is queued or running."""
+    results = [_result(c) for c in outcomes]
+    sums = (1 if stats.rows else 0, stats.prompt_tokens, stats.padded_prompt_tokens,
+            stats.completion_tokens, stats.decode_slots, stats.seconds, deduplicated)
+    if db.dialect.name == "postgresql" and db.dialect.driver == "psycopg":
+        return _in_one_statement(db, chunk, worker, results, sums, stats, next_batch, now)
+    if results:
+        # One statement for the whole batch, executed over its rows: a round trip per line
+        # would cost more than a small model's whole batch (README, Performance).
+        db.execute(LINE_RESULT, [{"b_id": key, "b_finished_at": now,
+                                  **{f"b_{name}": v for name, v in zip(RESULT_COLUMNS, row, strict=True)}}
+                                 for key, row in results])
+    db.execute(CHUNK_BATCH, {"c_id": chunk.id, "c_peak_memory_bytes": stats.peak_memory_bytes,
+                             **{f"c_{name}": v for name, v in zip(CHUNK_SUMS, sums, strict=True)}})
+    if stats.rows:
+        db.execute(insert(BATCH_RUNS), {
+            "job_id": chunk.job_id, "chunk_seq": chunk.seq, "worker": worker,
+            "finished_at": now, **{name: getattr(stats, name) for name in RUN_COLUMNS}})
+    status = JobStatus(db.execute(JOB_STATUS, {"j_id": chunk.job_id}).scalar_one())
+    if next_batch and status in ACTIVE_JOB_STATUSES:
+        count_attempts(db, next_batch, now)
+    return status
+
+
+def count_attempts(db: Connection, line_ids: Sequence[int], now: datetime) -> None:
+    """An attempt counts before its batch runs: a pending line with attempts was in a batch
+    that never ended (crash, kill, error)."""
+    db.execute(COUNT_ATTEMPTS, {"a_ids": list(line_ids), "a_now": now})
+
+
+def _result(c: Outcome) -> tuple[Any, tuple[Any, ...]]:
+    """A line's final values, in RESULT_COLUMNS order; a JSON cut off by the output limit
+    fails but keeps its finish reason and tokens."""
+    ok = c.error is None
+    return c.key, ((LineStatus.SUCCEEDED if ok else LineStatus.FAILED).value,
+                   c.text if ok else None, c.error, c.finish_reason, c.prompt_tokens,
+                   c.completion_tokens, c.reasoning if ok else None,
+                   c.reasoning_tokens if ok and c.reasoning is not None else None,
+                   json.dumps(c.tool_calls, ensure_ascii=False)
+                   if ok and c.tool_calls is not None else None)
+
+
+# ---------------------------------------------------------------- portable statements
+
+_lines, _chunks = LINES.c, CHUNKS.c
+COUNT_ATTEMPTS = (update(LINES)
+                  .where(_lines.id.in_(bindparam("a_ids", expanding=True)),
+                         _lines.status == LineStatus.PENDING)
+                  .values(attempts=_lines.attempts + 1, started_at=bindparam("a_now")))
+CHUNK_BATCH = (update(CHUNKS).where(_chunks.id == bindparam("c_id"))
+               .values({name: _chunks[name] + bindparam(f"c_{name}") for name in CHUNK_SUMS})
+               .values(peak_memory_bytes=bindparam("c_peak_memory_bytes")))
+JOB_STATUS = select(JOBS.c.status).where(JOBS.c.id == bindparam("j_id"))
+# One parameter set per line (bind names may not be column names).
+LINE_RESULT = (update(LINES)
+               .where(_lines.id == bindparam("b_id"), _lines.status == LineStatus.PENDING)
+               .values({name: bindparam(f"b_{name}") for name in (*RESULT_COLUMNS,
+                                                                    "finished_at")}))
+
+
+# ---------------------------------------------------------------- PostgreSQL, one statement
+
+# Each result column as an array of the batch's values, unnested side by side into rows.
+_ARRAY_TYPES = {"status": "varchar", "output": "text", "error": "text", "finish_reason": "varchar",
+                "prompt_tokens": "int", "completion_tokens": "int", "reasoning": "text",
+                "reasoning_tokens": "int", "tool_calls": "text"}
+_ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_JOB_STATUSES))
+# Every part sees the same snapshot, and each touches its own rows: the results are this
+# batch's lines, the attempts the next batch's. The attempts count only while the job is
+# active, as in the portable order (status first, then attempts).
+ONE_STATEMENT = f"""
+WITH job AS (SELECT status FROM jobs WHERE id = %(job)s),
+results AS (
+    UPDATE lines SET {", ".join(f"{c} = v.{c}" for c in RESULT_COLUMNS)}, finished_at = %(now)s
+    FROM unnest(%(ids)s::bigint[], {", ".join(f"%({c})s::{t}[]" for c, t in
+                                             _ARRAY_TYPES.items())})
+         AS v(id, {", ".join(RESULT_COLUMNS)})
+    WHERE lines.id = v.id AND lines.status = '{LineStatus.PENDING.value}'),
+chunk AS (
+    UPDATE chunks SET {", ".join(f"{c} = {c} + %(c_{c})s" for c in CHUNK_SUMS)},
+                      peak_memory_bytes = %(peak)s
+    WHERE id = %(chunk)s),
+batch_run AS (
+    INSERT INTO batch_runs (job_id, chunk_seq, worker, finished_at, {", ".join(RUN_COLUMNS)})
+    SELECT %(job)s, %(seq)s, %(worker)s, %(now)s, {", ".join(f"%(r_{c})s" for c in RUN_COLUMNS)}
+    WHERE %(r_rows)s > 0),
+attempts AS (
+    UPDATE lines SET attempts = attempts + 1, started_at = %(now)s
+    WHERE id = ANY(%(next)s::bigint[]) AND status = '{LineStatus.PENDING.value}'
+      AND (SELECT status FROM job) IN ({_ACTIVE}))
+SELECT status FROM job
+"""
+
+
+def _in_one_statement(db: Connection, chunk: ChunkRef, worker: str,
+                      results: list[tuple[Any, tuple[Any, ...]]], sums: tuple[Any, ...],
+                      stats: Measured, next_batch: Sequence[int], now: datetime) -> JobStatus:
+    params: dict[str, Any] = {
+        "job": chunk.job_id, "now": now, "chunk": chunk.id, "seq": chunk.seq, "worker": worker,
+        "peak": stats.peak_memory_bytes, "next": list(next_batch),
+        "ids": [key for key, _ in results],
+        **{f"c_{name}": v for name, v in zip(CHUNK_SUMS, sums, strict=True)},
+        **{f"r_{name}": getattr(stats, name) for name in RUN_COLUMNS}}
+    columns = list(zip(*(row for _, row in results), strict=True)) or [()] * len(RESULT_COLUMNS)
+    for name, values in zip(RESULT_COLUMNS, columns, strict=True):
+        store = _TEXT_BIND.get(name)
+        params[name] = [store(v) if v is not None else None for v in values] if store \
+            else list(values)
+    return JobStatus(db.exec_driver_sql(ONE_STATEMENT, params).scalar_one())
+
+
+def _safe_text(column: str) -> Callable[[str], str]:
+    """A text column's own bind processing (SafeText: NUL made storable)."""
+    process = LINES.c[column].type.process_bind_param  # type: ignore[attr-defined]
+    return lambda value: process(value, None)
+
+
+_TEXT_BIND = {name: _safe_text(name) for name in ("output", "error", "reasoning", "tool_calls")}
