@@ -224,12 +224,15 @@ def test_a_batch_write_stores_every_field_and_counts_the_next_batch_while_the_jo
             "FROM chunks WHERE id = :c"), {"c": chunk.id}).one()
     assert tuple(sums) == (0.5, 18, 1, 123)
 
+    # A line the batch finished gets no attempt, even if named among the next batch's.
+    store.record_batch(chunk, "w1", [Out(d, "done")], Stats(), next_batch=[d, e])
+    assert [row[9] for row in lines()] == [1, 1, 1, 1, 2]
     # Once the job is cancelled, the next batch's attempts no longer count, a late result is
     # dropped, and a batch without rows adds no batch run.
     store.cancel(job_id)
-    assert store.record_batch(chunk, "w1", [Out(d, "late")], Stats(rows=0),
+    assert store.record_batch(chunk, "w1", [Out(e, "late")], Stats(rows=0),
                               next_batch=[e]) is JobStatus.CANCELLED
-    assert [row[:2] for row in lines()][3:] == [("cancelled", None), ("cancelled", None)]
-    assert [row[9] for row in lines()] == [1] * 5
+    assert [row[:2] for row in lines()][3:] == [("succeeded", "done"), ("cancelled", None)]
+    assert [row[9] for row in lines()] == [1, 1, 1, 1, 2]
     with session_scope(settings) as session:
-        assert len(session.scalars(select(BatchRun).where(BatchRun.job_id == job_id)).all()) == 1
+        assert len(session.scalars(select(BatchRun).where(BatchRun.job_id == job_id)).all()) == 2

@@ -145,9 +145,9 @@ _ARRAY_TYPES = {"status": "varchar", "output": "text", "error": "text", "finish_
                 "prompt_tokens": "int", "completion_tokens": "int", "reasoning": "text",
                 "reasoning_tokens": "int", "tool_calls": "text"}
 _ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_JOB_STATUSES))
-# Every part sees the same snapshot, and each touches its own rows: the results are this
-# batch's lines, the attempts the next batch's. The attempts count only while the job is
-# active, as in the portable order (status first, then attempts).
+# Every part sees the same snapshot, so the statement keeps the portable order's effects by
+# its conditions: a line this batch finished gets no attempt (it is no longer pending once
+# the results are written), and the attempts count only while the job is active.
 ONE_STATEMENT = f"""
 WITH job AS (SELECT status FROM jobs WHERE id = %(job)s),
 results AS (
@@ -167,7 +167,7 @@ batch_run AS (
 attempts AS (
     UPDATE lines SET attempts = attempts + 1, started_at = %(now)s
     WHERE id = ANY(%(next)s::bigint[]) AND status = '{LineStatus.PENDING.value}'
-      AND (SELECT status FROM job) IN ({_ACTIVE}))
+      AND NOT id = ANY(%(ids)s::bigint[]) AND (SELECT status FROM job) IN ({_ACTIVE}))
 SELECT status FROM job
 """
 
