@@ -4,7 +4,8 @@ batch_runs and the next batch's attempts, in one transaction, with the job's sta
 A small model's batch takes a few milliseconds on a GPU, so this write is on the hot path of
 every job: on PostgreSQL it is one statement (one round trip, one plan), elsewhere a handful
 of portable ones. Both are built once: per call, building one cost about as much as the
-database took to run it.
+database took to run it. Only batchq.store.transitions calls this module: Transitions stays
+the one owner of every state change.
 """
 
 from __future__ import annotations
