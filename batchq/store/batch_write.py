@@ -11,7 +11,7 @@ the one owner of every state change.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from batchq.states import ACTIVE_JOB_STATUSES, JobStatus, LineStatus
-from batchq.store.models import BATCH_RUNS, CHUNKS, JOBS, LINES
+from batchq.store.models import BATCH_RUNS, CHUNKS, JOBS, LINES, text_bind
 from batchq.store.views import ChunkRef
 
 
@@ -68,9 +68,12 @@ class Measured(Protocol):
 # What a batch adds to its chunk's totals (the job's metrics sum them).
 CHUNK_SUMS = ("batches", "prompt_tokens", "padded_prompt_tokens", "completion_tokens",
               "decode_slots", "generate_seconds", "deduplicated_lines")
-# A line's result columns, in this order in every statement below.
-RESULT_COLUMNS = ("status", "output", "error", "finish_reason", "prompt_tokens",
-                  "completion_tokens", "reasoning", "reasoning_tokens", "tool_calls")
+# A line's result columns, in this order in every statement below, each with the type of the
+# array PostgreSQL's one statement passes it in.
+RESULT_TYPES = {"status": "varchar", "output": "text", "error": "text", "finish_reason": "varchar",
+                "prompt_tokens": "int", "completion_tokens": "int", "reasoning": "text",
+                "reasoning_tokens": "int", "tool_calls": "text"}
+RESULT_COLUMNS = tuple(RESULT_TYPES)
 RUN_COLUMNS = ("seconds", "rows", "prompt_tokens", "padded_prompt_tokens", "completion_tokens",
                "decode_slots")
 
@@ -141,20 +144,16 @@ LINE_RESULT = (update(LINES)
 
 # ---------------------------------------------------------------- PostgreSQL, one statement
 
-# Each result column as an array of the batch's values, unnested side by side into rows.
-_ARRAY_TYPES = {"status": "varchar", "output": "text", "error": "text", "finish_reason": "varchar",
-                "prompt_tokens": "int", "completion_tokens": "int", "reasoning": "text",
-                "reasoning_tokens": "int", "tool_calls": "text"}
 _ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_JOB_STATUSES))
 # Every part sees the same snapshot, so the statement keeps the portable order's effects by
 # its conditions: a line this batch finished gets no attempt (it is no longer pending once
 # the results are written), and the attempts count only while the job is active.
 ONE_STATEMENT = f"""
 WITH job AS (SELECT status FROM jobs WHERE id = %(job)s),
-results AS (
+results AS (  -- each result column an array of the batch's values, unnested into rows
     UPDATE lines SET {", ".join(f"{c} = v.{c}" for c in RESULT_COLUMNS)}, finished_at = %(now)s
     FROM unnest(%(ids)s::bigint[], {", ".join(f"%({c})s::{t}[]" for c, t in
-                                             _ARRAY_TYPES.items())})
+                                             RESULT_TYPES.items())})
          AS v(id, {", ".join(RESULT_COLUMNS)})
     WHERE lines.id = v.id AND lines.status = '{LineStatus.PENDING.value}'),
 chunk AS (
@@ -184,16 +183,9 @@ def _in_one_statement(db: Connection, chunk: ChunkRef, worker: str,
         **{f"r_{name}": getattr(stats, name) for name in RUN_COLUMNS}}
     columns = list(zip(*(row for _, row in results), strict=True)) or [()] * len(RESULT_COLUMNS)
     for name, values in zip(RESULT_COLUMNS, columns, strict=True):
-        store = _TEXT_BIND.get(name)
-        params[name] = [store(v) if v is not None else None for v in values] if store \
-            else list(values)
+        if RESULT_TYPES[name] == "text":  # SafeText, which COPY and arrays bypass
+            bind = text_bind(db.dialect, name)
+            params[name] = [None if v is None else bind(v) for v in values]
+        else:
+            params[name] = list(values)
     return JobStatus(db.exec_driver_sql(ONE_STATEMENT, params).scalar_one())
-
-
-def _safe_text(column: str) -> Callable[[str], str]:
-    """A text column's own bind processing (SafeText: NUL made storable)."""
-    process = LINES.c[column].type.process_bind_param  # type: ignore[attr-defined]
-    return lambda value: process(value, None)
-
-
-_TEXT_BIND = {name: _safe_text(name) for name in ("output", "error", "reasoning", "tool_calls")}

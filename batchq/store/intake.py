@@ -18,7 +18,7 @@ from batchq.config import Settings
 from batchq.formats import LineKind
 from batchq.states import ChunkStatus, JobStatus, LineStatus
 from batchq.store.database import utcnow
-from batchq.store.models import LINES, Chunk, Job
+from batchq.store.models import LINES, Chunk, Job, text_bind
 from batchq.store.reads import select_chunks
 from batchq.store.sessions import session_scope
 from batchq.store.views import ChunkRef
@@ -126,7 +126,7 @@ def _copy_lines(db: Connection, job_id: str, lines: Iterator[NewLine], now: date
     to store the row. The values are _line_row's, as an INSERT would bind them."""
     raw = db.connection.driver_connection
     assert raw is not None
-    custom_id, error = _text_bind(db, "custom_id"), _text_bind(db, "error")
+    custom_id, error = (text_bind(db.dialect, name) for name in ("custom_id", "error"))
     at = now.isoformat()
     accepted = f"\t{LineStatus.PENDING.value}\t\\N\t\\N\n"
     with raw.cursor() as cursor, cursor.copy(
@@ -154,12 +154,6 @@ def _copy_escaped(value: str) -> str:
     """A value in COPY's text format: backslash, tab and line ends escaped (\\N is NULL)."""
     return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
             .replace("\r", "\\r"))
-
-
-def _text_bind(db: Connection, column: str) -> Callable[[str], str]:
-    """A text column's own bind processing (SafeText: NUL made storable), or the identity."""
-    process = LINES.c[column].type.bind_processor(db.dialect)
-    return process if process is not None else str
 
 
 def _refusal(line: NewLine) -> str:

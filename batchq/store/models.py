@@ -3,6 +3,7 @@ changes only through migrations/; tests prove the two agree (batchq.store.schema
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import cast
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 
 from batchq.formats import LineKind
@@ -166,3 +168,11 @@ class BatchRun(Base):
 # The tables, for Core statements where the ORM's bookkeeping costs more than the database
 # does: a worker's writes per batch, and a new job's lines.
 LINES, CHUNKS, JOBS, BATCH_RUNS = (cast(Table, m.__table__) for m in (Line, Chunk, Job, BatchRun))
+
+
+def text_bind(dialect: Dialect, column: str) -> Callable[[str], str]:
+    """A text column of lines as its own type binds it for `dialect` (SafeText: NUL made
+    storable), or the identity: for values handed to the driver past SQLAlchemy (COPY's
+    text format, arrays)."""
+    process = LINES.c[column].type.bind_processor(dialect)
+    return process if process is not None else str
