@@ -81,6 +81,14 @@ def test_bench_runs_the_users_own_workload_file_in_process_and_as_a_job(tiny_mod
     assert f"median of 2 runs, alternating; the job's share in each: {shares}" in res.stdout
     assert res.stderr.count("engine alone (static)") + res.stderr.count(
         "engine alone (auto)") == 2
+    for n, r in enumerate(runs, 1):  # and where each pair's time went
+        assert 0 < r["engine_generate_seconds"] < r["engine_seconds"]
+        assert 0 < r["system_generate_seconds"] < r["system_seconds"]
+        line = next(x for x in res.stderr.splitlines() if f"run {n} of 2: " in x)
+        assert line.endswith(
+            f"in the model's batches {r['engine_generate_seconds']:.2f} s of "
+            f"{r['engine_seconds']:.2f} s alone, {r['system_generate_seconds']:.2f} s of "
+            f"{r['system_seconds']:.2f} s in the job")
     assert system["speedup_vs_naive"] == pytest.approx(system["system_tokens_per_s"]
                                                        / system["naive_tokens_per_s"])
     # The bench job ran in a throwaway store: the user's own job list is untouched.

@@ -236,3 +236,49 @@ def test_a_batch_write_stores_every_field_and_counts_the_next_batch_while_the_jo
     assert [row[9] for row in lines()] == [1, 1, 1, 1, 2]
     with session_scope(settings) as session:
         assert len(session.scalars(select(BatchRun).where(BatchRun.job_id == job_id)).all()) == 2
+
+
+@pytest.mark.services
+def test_batch_writes_on_a_kept_connection_survive_its_loss(pg_url, tmp_path, monkeypatch):
+    """PostgreSQL's batch writes run on a connection the worker keeps (no pool checkout, no
+    ping, no BEGIN/COMMIT). Killed while idle past STALE_SECONDS, it is pinged and replaced
+    unseen; killed between two batches, the write fails as an outage (the worker's `retrying`
+    waits it out) and the next one gets a new connection. Nothing is written twice or lost."""
+    from batchq.errors import ServiceUnavailable
+    from batchq.store.sessions import KeptConnection, retrying
+
+    settings = Settings.from_env({"BATCHQ_HOME": str(tmp_path), "BATCHQ_DATABASE_URL": pg_url,
+                                  "BATCHQ_OUTAGE_SECONDS": "30"})
+    store = Transitions(settings)
+    job_id, (chunk,) = new_job(settings, lines=4)
+    claim = store.claim(chunk.id, "w1", QUEUE)
+    assert not isinstance(claim, str)
+    a, b, c, d = (line.id for line in claim.lines)
+
+    def kill_all() -> None:
+        with get_engine(pg_url).connect() as db:
+            db.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                            "datname = current_database() AND pid <> pg_backend_pid()"))
+
+    store.start_batch([a])
+    store.record_batch(chunk, "w1", [Out(a, "one")], Stats(), next_batch=[b])
+
+    kill_all()
+    monkeypatch.setattr(KeptConnection, "STALE_SECONDS", 0.0)
+    assert store.record_batch(chunk, "w1", [Out(b, "two")], Stats(),
+                              next_batch=[c]) is JobStatus.RUNNING
+
+    kill_all()  # a pool connection would be pinged and replaced; the kept one is not
+    monkeypatch.setattr(KeptConnection, "STALE_SECONDS", 3600.0)
+    with pytest.raises(ServiceUnavailable, match="cannot reach the database"):
+        store.record_batch(chunk, "w1", [Out(c, "three")], Stats(), next_batch=[d])
+    assert retrying(settings, "storing", lambda: store.record_batch(
+        chunk, "w1", [Out(c, "three")], Stats(), next_batch=[d])) is JobStatus.RUNNING
+    store.record_batch(chunk, "w1", [Out(d, "four")], Stats())
+
+    with get_engine(pg_url).connect() as db:
+        rows = db.execute(text("SELECT custom_id, output, attempts FROM lines WHERE job_id = :j "
+                               "ORDER BY line_no"), {"j": job_id}).all()
+    assert [tuple(r) for r in rows] == [("c1", "one", 1), ("c2", "two", 1), ("c3", "three", 1),
+                                        ("c4", "four", 1)]
+    assert job_view(settings, job_id).metrics.batches == 4

@@ -16,9 +16,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
+from batchq.config import Settings
 from batchq.states import ACTIVE_JOB_STATUSES, JobStatus, LineStatus
+from batchq.store.database import get_engine
 from batchq.store.models import BATCH_RUNS, CHUNKS, JOBS, LINES, text_bind
 from batchq.store.views import ChunkRef
 
@@ -86,7 +88,7 @@ def write_batch(db: Connection, chunk: ChunkRef, worker: str, outcomes: Sequence
     results = [_result(c) for c in outcomes]
     sums = (1 if stats.rows else 0, stats.prompt_tokens, stats.padded_prompt_tokens,
             stats.completion_tokens, stats.decode_slots, stats.seconds, deduplicated)
-    if db.dialect.name == "postgresql" and db.dialect.driver == "psycopg":
+    if _is_one_statement(db.dialect):
         return _in_one_statement(db, chunk, worker, results, sums, stats, next_batch, now)
     if results:
         # One statement for the whole batch, executed over its rows: a round trip per line
@@ -104,6 +106,15 @@ def write_batch(db: Connection, chunk: ChunkRef, worker: str, outcomes: Sequence
     if next_batch and status in ACTIVE_JOB_STATUSES:
         count_attempts(db, next_batch, now)
     return status
+
+
+def one_statement(settings: Settings) -> bool:
+    """Whether a batch write is one statement (its own transaction) on this database."""
+    return _is_one_statement(get_engine(settings.database_url).dialect)
+
+
+def _is_one_statement(dialect: Dialect) -> bool:
+    return dialect.name == "postgresql" and dialect.driver == "psycopg"
 
 
 def count_attempts(db: Connection, line_ids: Sequence[int], now: datetime) -> None:

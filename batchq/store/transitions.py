@@ -23,24 +23,27 @@ method is safe to run again after a rollback.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
 from batchq.errors import NotNow
 from batchq.formats import LineKind
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
+from batchq.store import batch_write
 from batchq.store.batch_write import Measured, Outcome, count_attempts, write_batch
 from batchq.store.database import utcnow
 from batchq.store.models import Chunk, Job, Line
 from batchq.store.reads import describe, find_job, has_lines, select_chunks
-from batchq.store.sessions import changed_rows, session_scope
+from batchq.store.sessions import KeptConnection, changed_rows, session_scope
 from batchq.store.views import ChunkRef, Claim, ClaimedLine, JobView
 
 
@@ -57,6 +60,7 @@ class Reset:
 class Transitions:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._batch_writes = KeptConnection(settings)
 
     # ------------------------------------------------------------ chunks, by their worker
 
@@ -126,8 +130,8 @@ class Transitions:
     def start_batch(self, line_ids: Sequence[int]) -> None:
         """An attempt counts before its batch runs: a pending line with attempts was in a batch
         that never ended (crash, kill, error)."""
-        with session_scope(self.settings) as session:
-            count_attempts(session.connection(), line_ids, utcnow())
+        with self._batch_transaction() as db:
+            count_attempts(db, line_ids, utcnow())
 
     def note_error(self, line_ids: Sequence[int], reason: str) -> None:
         """A batch raised: the lines stay pending, with the reason they fail with if it lasts."""
@@ -146,11 +150,21 @@ class Transitions:
         is, the attempts of `next_batch` (the lines about to run) count in the same commit:
         one round of the database per batch, not two. `deduplicated` of the outcomes are
         copies of another line's generation (counted, never generated)."""
-        with session_scope(self.settings) as session:
-            # Core statements on the session's connection (batchq.store.batch_write): the
-            # ORM's bookkeeping cost more than the database does on a fast engine's batches.
-            return write_batch(session.connection(), chunk, worker, outcomes, stats,
-                               next_batch, deduplicated, utcnow())
+        with self._batch_transaction() as db:
+            return write_batch(db, chunk, worker, outcomes, stats, next_batch, deduplicated,
+                               utcnow())
+
+    @contextlib.contextmanager
+    def _batch_transaction(self) -> Iterator[Connection]:
+        """Where a batch's write is one statement (PostgreSQL), the connection kept for it;
+        elsewhere a session's, for the portable statements (Core, not the ORM, whose
+        bookkeeping cost more than the database does on a fast engine's batches)."""
+        if batch_write.one_statement(self.settings):
+            with self._batch_writes.statement() as db:
+                yield db
+        else:
+            with session_scope(self.settings) as session:
+                yield session.connection()
 
     # ------------------------------------------------------------ chunks, by the sweep
 

@@ -33,6 +33,7 @@ class StrategyResult:
     wasted_decode_pct: float  # decode slots spent on rows that had already finished
     batches: int
     peak_memory_bytes: int | None
+    generate_seconds: float = 0.0  # inside the model's batches (the rest: encoding, planning, ...)
     roofline_pct: float | None = None
     speedup_vs_naive: float | None = None
     outputs: dict[Any, tuple] = field(default_factory=dict, repr=False)
@@ -60,7 +61,7 @@ def run_strategy(engine: Engine, strategy: str, prompts: list[PromptIn],
         prompts_per_s=len(completions) / seconds,
         padding_pct=100 * (1 - prompt_tokens / padded) if padded else 0.0,
         wasted_decode_pct=100 * (1 - tokens / slots) if slots else 0.0,
-        batches=sum(1 for s in stats if s.rows),
+        batches=sum(1 for s in stats if s.rows), generate_seconds=sum(s.seconds for s in stats),
         peak_memory_bytes=max((s.peak_memory_bytes for s in stats), default=0) if on_gpu else None,
         outputs={c.key: (c.text, c.completion_tokens) for c in completions})
 

@@ -78,11 +78,18 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
                                   for k, (text, _) in alone.outputs.items())
             system = done.job.metrics.completion_tokens / done.seconds
             pairs.append((alone, done, system))
+            # Where a pair's difference goes: inside the model's batches (the same work, on a
+            # busier machine in the worker), or around them (the system's own, and encoding).
             log(f"{f'run {n + 1} of {repeat}: ' if repeat > 1 else ''}engine alone "
                 f"({strategy}): {alone.output_tokens_per_s:,.0f} output tokens/s; the job: "
-                f"{system:,.0f} ({100 * system / alone.output_tokens_per_s:.0f}%)")
+                f"{system:,.0f} ({100 * system / alone.output_tokens_per_s:.0f}%); in the "
+                f"model's batches {alone.generate_seconds:.2f} s of {alone.seconds:.2f} s "
+                f"alone, {done.job.metrics.generate_seconds:.2f} s of {done.seconds:.2f} s "
+                "in the job")
     runs = [{"engine_tokens_per_s": alone.output_tokens_per_s, "system_tokens_per_s": system,
-             "system_seconds": done.seconds, "ratio": system / alone.output_tokens_per_s}
+             "system_seconds": done.seconds, "ratio": system / alone.output_tokens_per_s,
+             "engine_seconds": alone.seconds, "engine_generate_seconds": alone.generate_seconds,
+             "system_generate_seconds": done.job.metrics.generate_seconds}
             for alone, done, system in pairs]
     # The median pair (the lower of the middle two for an even count).
     alone, done, system = sorted(pairs, key=lambda p: p[2] / p[0].output_tokens_per_s)[
