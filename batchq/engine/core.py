@@ -17,6 +17,7 @@ from typing import Any
 from batchq.engine.codec import PromptCodec, end_token_ids
 from batchq.engine.device import Device, select_device
 from batchq.engine.loading import default_budget, load_pretrained
+from batchq.engine.memory import keep_freed_memory
 from batchq.engine.planning import BatchBudget
 from batchq.engine.runner import ModelRunner
 from batchq.engine.strategies import BY_NAME, STRATEGIES, Strategy
@@ -69,6 +70,7 @@ class Engine:
         costs; continuous batching is priced on a GPU only, since on a CPU
         every measurement put it behind static batches (README, Performance)."""
         device = device or select_device()
+        keep_freed_memory()  # each step's buffers reused, not faulted in again (engine.memory)
         model, tokenizer = load_pretrained(model_ref, quant, device)
         where = Device(device)
         budget = (budget or default_budget(model, where)).limited(max_batch_tokens,
