@@ -111,7 +111,7 @@ def test_cancel_and_retry_move_exactly_the_lines_they_should(settings):
     claim = store.claim(chunk.id, "w1", QUEUE)
     assert not isinstance(claim, str)
     a, b, c = (line.id for line in claim.lines)
-    store.start_batch([a, b])
+    assert store.start_batch(chunk, [a, b]) is JobStatus.RUNNING
     store.record_batch(chunk, "w1", [Out(a, "ok")], Stats())
     store.note_error([b], "generation failed: boom")
     store.give_up(b, "gave up after 3 attempts: generation failed: boom")
@@ -184,7 +184,7 @@ def test_a_batch_write_stores_every_field_and_counts_the_next_batch_while_the_jo
     claim = store.claim(chunk.id, "w1", QUEUE)
     assert not isinstance(claim, str)
     a, b, c, d, e = (line.id for line in claim.lines)
-    store.start_batch([a, b, c])
+    assert store.start_batch(chunk, [a, b, c]) is JobStatus.RUNNING
     calls = [{"name": "f", "arguments": '{"x": "é"}'}]
     status = store.record_batch(chunk, "w1", [
         Out(a, "NUL \x00 inside, \x01 mark", "length", prompt_tokens=7, completion_tokens=4),
@@ -234,6 +234,9 @@ def test_a_batch_write_stores_every_field_and_counts_the_next_batch_while_the_jo
                               next_batch=[e]) is JobStatus.CANCELLED
     assert [row[:2] for row in lines()][3:] == [("succeeded", "done"), ("cancelled", None)]
     assert [row[9] for row in lines()] == [1, 1, 1, 1, 2]
+    # A batch about to start learns it too (its line, cancelled, counts no attempt).
+    assert store.start_batch(chunk, [e]) is JobStatus.CANCELLED
+    assert [row[9] for row in lines()] == [1, 1, 1, 1, 2]
     with session_scope(settings) as session:
         assert len(session.scalars(select(BatchRun).where(BatchRun.job_id == job_id)).all()) == 2
 
@@ -260,7 +263,7 @@ def test_batch_writes_on_a_kept_connection_survive_its_loss(pg_url, tmp_path, mo
             db.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                             "datname = current_database() AND pid <> pg_backend_pid()"))
 
-    store.start_batch([a])
+    store.start_batch(chunk, [a])
     store.record_batch(chunk, "w1", [Out(a, "one")], Stats(), next_batch=[b])
 
     kill_all()
@@ -282,3 +285,4 @@ def test_batch_writes_on_a_kept_connection_survive_its_loss(pg_url, tmp_path, mo
     assert [tuple(r) for r in rows] == [("c1", "one", 1), ("c2", "two", 1), ("c3", "three", 1),
                                         ("c4", "four", 1)]
     assert job_view(settings, job_id).metrics.batches == 4
+    assert store.finish(chunk, claim.token) is JobStatus.COMPLETED

@@ -117,6 +117,19 @@ def _is_one_statement(dialect: Dialect) -> bool:
     return dialect.name == "postgresql" and dialect.driver == "psycopg"
 
 
+def start_batch(db: Connection, chunk: ChunkRef, line_ids: Sequence[int],
+                now: datetime) -> JobStatus:
+    """Count the attempts of a batch about to run, while its job is queued or running (in
+    the caller's transaction); returns the job's status."""
+    if _is_one_statement(db.dialect):
+        return JobStatus(db.exec_driver_sql(ATTEMPTS_STATEMENT, {
+            "job": chunk.job_id, "now": now, "next": list(line_ids)}).scalar_one())
+    status = JobStatus(db.execute(JOB_STATUS, {"j_id": chunk.job_id}).scalar_one())
+    if status in ACTIVE_JOB_STATUSES:
+        count_attempts(db, line_ids, now)
+    return status
+
+
 def count_attempts(db: Connection, line_ids: Sequence[int], now: datetime) -> None:
     """An attempt counts before its batch runs: a pending line with attempts was in a batch
     that never ended (crash, kill, error)."""
@@ -179,6 +192,17 @@ attempts AS (
     UPDATE lines SET attempts = attempts + 1, started_at = %(now)s
     WHERE id = ANY(%(next)s::bigint[]) AND status = '{LineStatus.PENDING.value}'
       AND NOT id = ANY(%(ids)s::bigint[]) AND (SELECT status FROM job) IN ({_ACTIVE}))
+SELECT status FROM job
+"""
+
+
+# A batch's attempts alone (the results of the one before are written apart, while it runs).
+ATTEMPTS_STATEMENT = f"""
+WITH job AS (SELECT status FROM jobs WHERE id = %(job)s),
+attempts AS (
+    UPDATE lines SET attempts = attempts + 1, started_at = %(now)s
+    WHERE id = ANY(%(next)s::bigint[]) AND status = '{LineStatus.PENDING.value}'
+      AND (SELECT status FROM job) IN ({_ACTIVE}))
 SELECT status FROM job
 """
 

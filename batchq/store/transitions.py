@@ -39,7 +39,7 @@ from batchq.errors import NotNow
 from batchq.formats import LineKind
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
 from batchq.store import batch_write
-from batchq.store.batch_write import Measured, Outcome, count_attempts, write_batch
+from batchq.store.batch_write import Measured, Outcome, write_batch
 from batchq.store.database import utcnow
 from batchq.store.models import Chunk, Job, Line
 from batchq.store.reads import describe, find_job, has_lines, select_chunks
@@ -127,11 +127,12 @@ class Transitions:
 
     # ------------------------------------------------------------ lines, by their worker
 
-    def start_batch(self, line_ids: Sequence[int]) -> None:
+    def start_batch(self, chunk: ChunkRef, line_ids: Sequence[int]) -> JobStatus:
         """An attempt counts before its batch runs: a pending line with attempts was in a batch
-        that never ended (crash, kill, error)."""
+        that never ended (crash, kill, error). Returns the job's status; unless it is queued
+        or running (cancelled, expired), nothing is counted and the batch should not run."""
         with self._batch_transaction() as db:
-            count_attempts(db, line_ids, utcnow())
+            return batch_write.start_batch(db, chunk, line_ids, utcnow())
 
     def note_error(self, line_ids: Sequence[int], reason: str) -> None:
         """A batch raised: the lines stay pending, with the reason they fail with if it lasts."""

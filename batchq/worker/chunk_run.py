@@ -19,7 +19,7 @@ from batchq.engine import BatchOutput, GenerationSettings, PromptIn
 from batchq.errors import ServiceUnavailable
 from batchq.formats import Request
 from batchq.service import dispatch
-from batchq.states import ACTIVE_JOB_STATUSES
+from batchq.states import ACTIVE_JOB_STATUSES, JobStatus
 from batchq.store.sessions import retrying
 from batchq.store.views import Claim, ClaimedLine
 from batchq.worker.leases import LeaseKeeper, shutdown_requested
@@ -93,11 +93,12 @@ class ChunkRun:
         """Just before a batch starts: the previous batch's results and this one's attempts,
         in one commit. If the job was cancelled or expired meanwhile, the batch never starts."""
         if self.unwritten is None:
-            self._patiently("counting a batch's attempts", lambda: self.store.start_batch(keys))
+            self._note(self._patiently("counting a batch's attempts",
+                                       lambda: self.store.start_batch(self.claim.chunk, keys)))
         else:
             self._flush(next_batch=keys)
-            if self.stopped:
-                raise _JobStopped
+        if self.stopped:
+            raise _JobStopped
         self.in_flight = list(keys)
         for key in keys:
             self.attempts[key] += 1
@@ -165,7 +166,10 @@ class ChunkRun:
         except Exception as exc:
             self._flush()
             if line_id not in self.in_flight:  # it raised before its batch began: still a try
-                self._on_batch([line_id])
+                try:
+                    self._on_batch([line_id])
+                except _JobStopped:
+                    return False
             self._raised([line_id], exc)
             return True
         return False
@@ -210,6 +214,9 @@ class ChunkRun:
             self.claim.chunk, self.runtime.name, output.completions, output.stats,
             next_batch or (), copies))
         self.unwritten = None
+        self._note(job_status)
+
+    def _note(self, job_status: JobStatus) -> None:
         if job_status not in ACTIVE_JOB_STATUSES:
             self.stopped = job_status.value  # cancelled or expired
 
