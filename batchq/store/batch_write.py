@@ -196,7 +196,7 @@ SELECT status FROM job
 """
 
 
-# A batch's attempts alone (the results of the one before are written apart, while it runs).
+# A chunk's first batch's attempts (no results to write yet), with the job's status.
 ATTEMPTS_STATEMENT = f"""
 WITH job AS (SELECT status FROM jobs WHERE id = %(job)s),
 attempts AS (

@@ -93,8 +93,9 @@ class ChunkRun:
         """Just before a batch starts: the previous batch's results and this one's attempts,
         in one commit. If the job was cancelled or expired meanwhile, the batch never starts."""
         if self.unwritten is None:
-            self._note(self._patiently("counting a batch's attempts",
-                                       lambda: self.store.start_batch(self.claim.chunk, keys)))
+            status = self._patiently("counting a batch's attempts",
+                                     lambda: self.store.start_batch(self.claim.chunk, keys))
+            self._stop_unless_active(status)
         else:
             self._flush(next_batch=keys)
         if self.stopped:
@@ -214,9 +215,9 @@ class ChunkRun:
             self.claim.chunk, self.runtime.name, output.completions, output.stats,
             next_batch or (), copies))
         self.unwritten = None
-        self._note(job_status)
+        self._stop_unless_active(job_status)
 
-    def _note(self, job_status: JobStatus) -> None:
+    def _stop_unless_active(self, job_status: JobStatus) -> None:
         if job_status not in ACTIVE_JOB_STATUSES:
             self.stopped = job_status.value  # cancelled or expired
 
