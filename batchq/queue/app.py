@@ -64,7 +64,7 @@ def _write_ahead_log(broker_url: str) -> None:
 
 
 # How often an idle worker looks at the embedded broker's queue. kombu's default, a second,
-# made a new job wait 0.3-0.6 s for its first chunk (a fast engine's whole job took 2 s); ten
+# made a new job wait 0.3-0.7 s for its first chunk (a fast engine's whole job took 2 s); ten
 # looks a second cost an idle worker 1.5% of a core. (kombu's `polling_interval` option cannot
 # reach this transport, which hands every transport option to SQLAlchemy's create_engine.)
 EMBEDDED_POLL_SECONDS = 0.1

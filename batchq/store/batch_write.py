@@ -196,7 +196,8 @@ SELECT status FROM job
 """
 
 
-# A chunk's first batch's attempts (no results to write yet), with the job's status.
+# A batch's attempts where no results go with them (a chunk's first batch, a line run alone),
+# with the job's status.
 ATTEMPTS_STATEMENT = f"""
 WITH job AS (SELECT status FROM jobs WHERE id = %(job)s),
 attempts AS (
