@@ -102,10 +102,7 @@ def write_batch(db: Connection, chunk: ChunkRef, worker: str, outcomes: Sequence
         db.execute(insert(BATCH_RUNS), {
             "job_id": chunk.job_id, "chunk_seq": chunk.seq, "worker": worker,
             "finished_at": now, **{name: getattr(stats, name) for name in RUN_COLUMNS}})
-    status = JobStatus(db.execute(JOB_STATUS, {"j_id": chunk.job_id}).scalar_one())
-    if next_batch and status in ACTIVE_JOB_STATUSES:
-        count_attempts(db, next_batch, now)
-    return status
+    return _attempts_while_active(db, chunk, next_batch, now)
 
 
 def one_statement(settings: Settings) -> bool:
@@ -124,8 +121,15 @@ def start_batch(db: Connection, chunk: ChunkRef, line_ids: Sequence[int],
     if _is_one_statement(db.dialect):
         return JobStatus(db.exec_driver_sql(ATTEMPTS_STATEMENT, {
             "job": chunk.job_id, "now": now, "next": list(line_ids)}).scalar_one())
+    return _attempts_while_active(db, chunk, line_ids, now)
+
+
+def _attempts_while_active(db: Connection, chunk: ChunkRef, line_ids: Sequence[int],
+                           now: datetime) -> JobStatus:
+    """The portable statements' last step: the job's status, and the lines' attempts counted
+    if it is queued or running."""
     status = JobStatus(db.execute(JOB_STATUS, {"j_id": chunk.job_id}).scalar_one())
-    if status in ACTIVE_JOB_STATUSES:
+    if line_ids and status in ACTIVE_JOB_STATUSES:
         count_attempts(db, line_ids, now)
     return status
 
@@ -169,11 +173,22 @@ LINE_RESULT = (update(LINES)
 # ---------------------------------------------------------------- PostgreSQL, one statement
 
 _ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_JOB_STATUSES))
+_JOB = "job AS (SELECT status FROM jobs WHERE id = %(job)s)"
+
+
+def _attempts(also: str = "") -> str:
+    """The CTE counting the attempts of `next`'s pending lines while the job is active."""
+    return f"""attempts AS (
+    UPDATE lines SET attempts = attempts + 1, started_at = %(now)s
+    WHERE id = ANY(%(next)s::bigint[]) AND status = '{LineStatus.PENDING.value}'{also}
+      AND (SELECT status FROM job) IN ({_ACTIVE}))"""
+
+
 # Every part sees the same snapshot, so the statement keeps the portable order's effects by
 # its conditions: a line this batch finished gets no attempt (it is no longer pending once
 # the results are written), and the attempts count only while the job is active.
 ONE_STATEMENT = f"""
-WITH job AS (SELECT status FROM jobs WHERE id = %(job)s),
+WITH {_JOB},
 results AS (  -- each result column an array of the batch's values, unnested into rows
     UPDATE lines SET {", ".join(f"{c} = v.{c}" for c in RESULT_COLUMNS)}, finished_at = %(now)s
     FROM unnest(%(ids)s::bigint[], {", ".join(f"%({c})s::{t}[]" for c, t in
@@ -188,22 +203,15 @@ batch_run AS (
     INSERT INTO batch_runs (job_id, chunk_seq, worker, finished_at, {", ".join(RUN_COLUMNS)})
     SELECT %(job)s, %(seq)s, %(worker)s, %(now)s, {", ".join(f"%(r_{c})s" for c in RUN_COLUMNS)}
     WHERE %(r_rows)s > 0),
-attempts AS (
-    UPDATE lines SET attempts = attempts + 1, started_at = %(now)s
-    WHERE id = ANY(%(next)s::bigint[]) AND status = '{LineStatus.PENDING.value}'
-      AND NOT id = ANY(%(ids)s::bigint[]) AND (SELECT status FROM job) IN ({_ACTIVE}))
+{_attempts(also=" AND NOT id = ANY(%(ids)s::bigint[])")}
 SELECT status FROM job
 """
-
 
 # A batch's attempts where no results go with them (a chunk's first batch, a line run alone),
 # with the job's status.
 ATTEMPTS_STATEMENT = f"""
-WITH job AS (SELECT status FROM jobs WHERE id = %(job)s),
-attempts AS (
-    UPDATE lines SET attempts = attempts + 1, started_at = %(now)s
-    WHERE id = ANY(%(next)s::bigint[]) AND status = '{LineStatus.PENDING.value}'
-      AND (SELECT status FROM job) IN ({_ACTIVE}))
+WITH {_JOB},
+{_attempts()}
 SELECT status FROM job
 """
 
