@@ -1,0 +1,161 @@
+"""Where a job's seconds go: `batchq bench --system` with the steps of its worker timed.
+Figures for the README's performance section.
+
+    python -m benchmarks.worker_budget ./tiny -n 2000 --prompt-tokens 16 64 --output-tokens 1 2
+
+It runs `batchq bench MODEL [options] --strategies static --system` (the pairs of engine alone
+and job, printed as usual), but its worker is this module in `--worker` mode: the real
+`batchq worker`, with a timer around each step of a chunk (the claim, encoding and planning the
+prompts, the model's batches, each batch's write, the finish) and around each chunk. Then it
+prints, for every timed job, how its seconds from submit to the end the database records split
+into those steps, and the median of each over the jobs. The timers only wrap functions (a few
+microseconds a call); nothing the worker does changes. Set BATCHQ_DATABASE_URL and
+BATCHQ_BROKER_URL for PostgreSQL + Redis, as for `batchq bench --system`; without them, the
+bench's throwaway embedded store and broker are used.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EVENTS = "BATCHQ_BUDGET_EVENTS"  # the file the worker and the bench append their timings to
+
+# What a job's seconds are made of, in the order printed: (column, the timed steps it sums).
+STEPS = [
+    ("submit", ("submit",)),
+    ("claim", ("claim",)),
+    ("encode+plan", ("encode", "plan")),
+    ("batches", ("batch",)),
+    ("writes", ("write", "first attempts")),
+    ("finish", ("finish",)),
+]
+
+
+class Timings:
+    """Appends `start seconds step` lines to a file (the main thread's calls only: the lease
+    keeper's renewals run beside the chunk, not in its time)."""
+
+    def __init__(self, path: str):
+        self.out = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (process-long)
+        self.lock = threading.Lock()
+
+    def note(self, step: str, started: float, seconds: float) -> None:
+        with self.lock:
+            self.out.write(f"{started:.6f} {seconds:.6f} {step}\n")
+
+    def wrap(self, owner: Any, name: str, step: str) -> None:
+        original: Callable[..., Any] = getattr(owner, name)  # a name that moved fails here, loudly
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    self.note(step, started, time.time() - started)
+
+        setattr(owner, name, timed)
+
+
+def run_worker(argv: list[str]) -> None:
+    """`batchq worker ARGS`, timed."""
+    from batchq.cli import cli
+    from batchq.engine.codec import PromptCodec
+    from batchq.engine.runner import ModelRunner
+    from batchq.engine.strategies.static import StaticBatches
+    from batchq.store.transitions import Transitions
+    from batchq.worker import task
+
+    timings = Timings(os.environ[EVENTS])
+    timings.wrap(task, "handle_chunk", "chunk")  # what the Celery task calls
+    timings.wrap(Transitions, "claim", "claim")
+    timings.wrap(Transitions, "start_batch", "first attempts")
+    timings.wrap(Transitions, "record_batch", "write")
+    timings.wrap(Transitions, "finish", "finish")
+    timings.wrap(PromptCodec, "encode_all", "encode")
+    timings.wrap(StaticBatches, "plan", "plan")
+    timings.wrap(ModelRunner, "run_padded", "batch")
+    cli(["worker", *argv], prog_name="batchq")
+
+
+def run_bench(argv: list[str]) -> None:
+    """`batchq bench ARGS --strategies static --system`, its worker timed; then the split."""
+    from batchq.cli import cli
+    from batchq.tools.bench import system
+
+    events = Path(tempfile.mkstemp(prefix="batchq-budget-", suffix=".txt")[1])
+    os.environ[EVENTS] = str(events)
+    timings = Timings(str(events))
+    workers_init = system.BenchWorkers.__init__
+    time_job = system.BenchWorkers.time_job
+
+    def timed_workers(self: Any, *args: Any, **kwargs: Any) -> None:
+        workers_init(self, *args, **kwargs)
+        # [python, -m, batchq, worker, ARGS...] -> this module's worker mode, same ARGS
+        self.command = [sys.executable, "-m", "benchmarks.worker_budget", "--worker",
+                        *self.command[4:]]
+
+    def timed_job(self: Any, lines: list[str]) -> Any:
+        started = time.time()
+        run = time_job(self, lines)
+        if len(lines) > 1:  # not the warm-up
+            timings.note("submit", started, run.submit_seconds)
+            timings.note("job", started, run.seconds)
+        return run
+
+    system.BenchWorkers.__init__ = timed_workers  # type: ignore[method-assign]
+    system.BenchWorkers.time_job = timed_job  # type: ignore[method-assign]
+    try:
+        cli(["bench", *argv, "--strategies", "static", "--system"], prog_name="batchq",
+            standalone_mode=False)
+        print_split(events.read_text(encoding="utf-8"))
+    finally:
+        events.unlink()
+
+
+def print_split(text: str) -> None:
+    """Each timed job's seconds by step, and the medians."""
+    events = sorted((float(t), float(s), step) for t, s, step in
+                    (line.split(None, 2) for line in text.splitlines()))
+    jobs = [(t, s) for t, s, step in events if step == "job"]
+    rows = []
+    for started, seconds in jobs:
+        inside: dict[str, float] = defaultdict(float)
+        for t, s, step in events:
+            if started <= t <= started + seconds + 0.001:
+                inside[step] += s
+        row = {column: sum(inside[step] for step in steps) for column, steps in STEPS}
+        row["the rest"] = seconds - sum(row.values())
+        rows.append((seconds, row))
+    columns = [column for column, _ in STEPS] + ["the rest"]
+    print("\nwhere each job's seconds went (s; 'the rest': the worker between its steps, "
+          "Celery, the lease, progress events)")
+    print(f"{'job':>7} " + " ".join(f"{c:>11}" for c in columns))
+    for seconds, row in rows:
+        print(f"{seconds:7.3f} " + " ".join(f"{row[c]:11.3f}" for c in columns))
+    if len(rows) > 1:
+        print(f"{statistics.median(s for s, _ in rows):7.3f} "
+              + " ".join(f"{statistics.median(r[c] for _, r in rows):11.3f}" for c in columns)
+              + "  (medians)")
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        run_worker(sys.argv[2:])
+    else:
+        run_bench(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
