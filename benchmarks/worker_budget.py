@@ -38,6 +38,9 @@ STEPS = [
     ("batches", ("batch",)),
     ("writes", ("write", "first attempts")),
     ("finish", ("finish",)),
+    ("lines in", ("lines in",)),
+    ("lease", ("lease",)),
+    ("progress", ("progress",)),
 ]
 
 
@@ -76,6 +79,8 @@ def run_worker(argv: list[str]) -> None:
     from batchq.engine.strategies.static import StaticBatches
     from batchq.store.transitions import Transitions
     from batchq.worker import task
+    from batchq.worker.chunk_run import ChunkRun
+    from batchq.worker.leases import LeaseKeeper
 
     timings = Timings(os.environ[EVENTS])
     timings.wrap(task, "handle_chunk", "chunk")  # what the Celery task calls
@@ -86,6 +91,10 @@ def run_worker(argv: list[str]) -> None:
     timings.wrap(PromptCodec, "encode_all", "encode")
     timings.wrap(StaticBatches, "plan", "plan")
     timings.wrap(ModelRunner, "run_padded", "batch")
+    timings.wrap(ChunkRun, "__init__", "lines in")  # the claimed lines' requests, parsed
+    timings.wrap(LeaseKeeper, "__enter__", "lease")
+    timings.wrap(LeaseKeeper, "__exit__", "lease")
+    timings.wrap(task.Task, "send_event", "progress")
     cli(["worker", *argv], prog_name="batchq")
 
 
@@ -140,7 +149,7 @@ def print_split(text: str) -> None:
         rows.append((seconds, row))
     columns = [column for column, _ in STEPS] + ["the rest"]
     print("\nwhere each job's seconds went (s; 'the rest': the worker between its steps, "
-          "Celery, the lease, progress events)")
+          "and Celery between the chunks)")
     print(f"{'job':>7} " + " ".join(f"{c:>11}" for c in columns))
     for seconds, row in rows:
         print(f"{seconds:7.3f} " + " ".join(f"{row[c]:11.3f}" for c in columns))
