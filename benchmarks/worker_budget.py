@@ -4,14 +4,15 @@ Figures for the README's performance section.
     python -m benchmarks.worker_budget ./tiny -n 2000 --prompt-tokens 16 64 --output-tokens 1 2
 
 It runs `batchq bench MODEL [options] --strategies static --system` (the pairs of engine alone
-and job, printed as usual), but its worker is this module in `--worker` mode: the real
-`batchq worker`, with a timer around each step of a chunk (the claim, encoding and planning the
-prompts, the model's batches, each batch's write, the finish) and around each chunk. Then it
-prints, for every timed job, how its seconds from submit to the end the database records split
-into those steps, and the median of each over the jobs. The timers only wrap functions (a few
-microseconds a call); nothing the worker does changes. Set BATCHQ_DATABASE_URL and
-BATCHQ_BROKER_URL for PostgreSQL + Redis, as for `batchq bench --system`; without them, the
-bench's throwaway embedded store and broker are used.
+and job, printed as usual; the strategy is always static, whose planning is timed), but its
+worker is this module in `--worker` mode: the real `batchq worker`, with a timer around each
+step of a chunk (the claim, reading the claimed lines, encoding and planning the prompts, the
+model's batches, each batch's write, the finish, starting and stopping the lease keeper, the
+progress events). Then it prints, for every timed job, how its seconds from submit to the end
+the database records split into those steps, and the median of each over the jobs. The timers
+only wrap functions (a few microseconds a call); nothing the worker does changes. Set
+BATCHQ_DATABASE_URL and BATCHQ_BROKER_URL for PostgreSQL + Redis, as for `batchq bench
+--system`; without them, the bench's throwaway embedded store and broker are used.
 """
 
 from __future__ import annotations
@@ -45,16 +46,15 @@ STEPS = [
 
 
 class Timings:
-    """Appends `start seconds step` lines to a file (the main thread's calls only: the lease
-    keeper's renewals run beside the chunk, not in its time)."""
+    """Appends `start seconds step` lines to a file, on the wall clock that the bench and
+    the worker share. Only the main thread's calls count: the lease keeper's renewals run
+    beside the chunk, not in its time."""
 
     def __init__(self, path: str):
         self.out = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (process-long)
-        self.lock = threading.Lock()
 
     def note(self, step: str, started: float, seconds: float) -> None:
-        with self.lock:
-            self.out.write(f"{started:.6f} {seconds:.6f} {step}\n")
+        self.out.write(f"{started:.6f} {seconds:.6f} {step}\n")
 
     def wrap(self, owner: Any, name: str, step: str) -> None:
         original: Callable[..., Any] = getattr(owner, name)  # a name that moved fails here, loudly
@@ -73,17 +73,17 @@ class Timings:
 
 def run_worker(argv: list[str]) -> None:
     """`batchq worker ARGS`, timed."""
+    from celery import Task
+
     from batchq.cli import cli
     from batchq.engine.codec import PromptCodec
     from batchq.engine.runner import ModelRunner
     from batchq.engine.strategies.static import StaticBatches
     from batchq.store.transitions import Transitions
-    from batchq.worker import task
     from batchq.worker.chunk_run import ChunkRun
     from batchq.worker.leases import LeaseKeeper
 
     timings = Timings(os.environ[EVENTS])
-    timings.wrap(task, "handle_chunk", "chunk")  # what the Celery task calls
     timings.wrap(Transitions, "claim", "claim")
     timings.wrap(Transitions, "start_batch", "first attempts")
     timings.wrap(Transitions, "record_batch", "write")
@@ -94,7 +94,7 @@ def run_worker(argv: list[str]) -> None:
     timings.wrap(ChunkRun, "__init__", "lines in")  # the claimed lines' requests, parsed
     timings.wrap(LeaseKeeper, "__enter__", "lease")
     timings.wrap(LeaseKeeper, "__exit__", "lease")
-    timings.wrap(task.Task, "send_event", "progress")
+    timings.wrap(Task, "send_event", "progress")
     cli(["worker", *argv], prog_name="batchq")
 
 
