@@ -18,6 +18,7 @@ BATCHQ_DATABASE_URL and BATCHQ_BROKER_URL for PostgreSQL + Redis, as for `batchq
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import statistics
 import sys
@@ -71,30 +72,35 @@ class Timings:
         setattr(owner, name, timed)
 
 
+# The worker's functions timed, by the step each counts in: (module, class, function, step).
+TIMED = [
+    ("batchq.store.transitions", "Transitions", "claim", "claim"),
+    ("batchq.store.transitions", "Transitions", "start_batch", "first attempts"),
+    ("batchq.store.transitions", "Transitions", "record_batch", "write"),
+    ("batchq.store.transitions", "Transitions", "finish", "finish"),
+    ("batchq.engine.codec", "PromptCodec", "encode_all", "encode"),
+    ("batchq.engine.strategies.static", "StaticBatches", "plan", "plan"),
+    ("batchq.engine.runner", "ModelRunner", "run_padded", "batch"),
+    ("batchq.worker.chunk_run", "ChunkRun", "__init__", "lines in"),  # their requests parsed
+    ("batchq.worker.leases", "LeaseKeeper", "__enter__", "lease"),
+    ("batchq.worker.leases", "LeaseKeeper", "__exit__", "lease"),
+    ("celery", "Task", "send_event", "progress"),
+]
+
+
+def timed_functions() -> list[tuple[Any, str, str]]:
+    """(class, function name, step) for each of TIMED, imported."""
+    return [(getattr(importlib.import_module(module), owner), name, step)
+            for module, owner, name, step in TIMED]
+
+
 def run_worker(argv: list[str]) -> None:
     """`batchq worker ARGS`, timed."""
-    from celery import Task
-
     from batchq.cli import cli
-    from batchq.engine.codec import PromptCodec
-    from batchq.engine.runner import ModelRunner
-    from batchq.engine.strategies.static import StaticBatches
-    from batchq.store.transitions import Transitions
-    from batchq.worker.chunk_run import ChunkRun
-    from batchq.worker.leases import LeaseKeeper
 
     timings = Timings(os.environ[EVENTS])
-    timings.wrap(Transitions, "claim", "claim")
-    timings.wrap(Transitions, "start_batch", "first attempts")
-    timings.wrap(Transitions, "record_batch", "write")
-    timings.wrap(Transitions, "finish", "finish")
-    timings.wrap(PromptCodec, "encode_all", "encode")
-    timings.wrap(StaticBatches, "plan", "plan")
-    timings.wrap(ModelRunner, "run_padded", "batch")
-    timings.wrap(ChunkRun, "__init__", "lines in")  # the claimed lines' requests, parsed
-    timings.wrap(LeaseKeeper, "__enter__", "lease")
-    timings.wrap(LeaseKeeper, "__exit__", "lease")
-    timings.wrap(Task, "send_event", "progress")
+    for owner, name, step in timed_functions():
+        timings.wrap(owner, name, step)
     cli(["worker", *argv], prog_name="batchq")
 
 

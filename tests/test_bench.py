@@ -152,3 +152,33 @@ def test_bench_refuses_bad_options_in_one_line(tiny_model, embedded_env, args, f
     assert res.returncode == 2 or res.returncode == 4, res.stderr
     assert fragment in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_worker_budget_times_functions_that_exist_and_splits_each_job_by_them(capsys):
+    # benchmarks/worker_budget.py wraps the worker's functions by name: a rename must fail
+    # here, not in the next person's benchmark. Each column it prints is a step it times.
+    from benchmarks.worker_budget import STEPS, TIMED, print_split, timed_functions
+
+    assert all(callable(getattr(owner, name)) for owner, name, _ in timed_functions())
+    timed = {step for *_, step in TIMED} | {"submit"}  # the bench itself times the submit
+    assert {step for _, steps in STEPS for step in steps} == timed
+
+    def job(at: float, batch: float) -> list[str]:
+        return [f"{at} 2.0 job", f"{at} 0.1 submit", f"{at + 0.1} 0.05 claim",
+                f"{at + 0.15} 0.1 encode", f"{at + 0.25} 0.02 plan",
+                f"{at + 0.27} 0.01 first attempts", f"{at + 0.3} {batch} batch",
+                f"{at + 1.5} 0.3 batch", f"{at + 1.8} 0.1 write", f"{at + 1.95} 0.02 finish"]
+
+    # Two jobs, and a worker's step after the first one's end that is not part of it.
+    print_split("\n".join([*job(100.0, 1.2), "102.5 0.4 batch", *job(200.0, 1.0)]) + "\n")
+    *_, header, first, second, medians = capsys.readouterr().out.splitlines()
+    assert header.split() == ["job", "submit", "claim", "encode+plan", "batches", "writes",
+                              "finish", "lines", "in", "lease", "progress", "the", "rest"]
+    # 2.0 s each: 0.1 submit, 0.05 claim, 0.12 encoding and planning, the batches, 0.11 of
+    # writes (a batch's and the first attempts), 0.02 finish, and the rest what is left.
+    assert first.split() == ["2.000", "0.100", "0.050", "0.120", "1.500", "0.110", "0.020",
+                             "0.000", "0.000", "0.000", "0.100"]
+    assert second.split() == ["2.000", "0.100", "0.050", "0.120", "1.300", "0.110", "0.020",
+                              "0.000", "0.000", "0.000", "0.300"]
+    assert medians.split() == ["2.000", "0.100", "0.050", "0.120", "1.400", "0.110", "0.020",
+                               "0.000", "0.000", "0.000", "0.200", "(medians)"]
