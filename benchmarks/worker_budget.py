@@ -104,6 +104,17 @@ def run_worker(argv: list[str]) -> None:
     cli(["worker", *argv], prog_name="batchq")
 
 
+WORKER = [sys.executable, "-m", "batchq", "worker"]  # how the bench starts its workers
+
+
+def timed_worker_command(command: list[str]) -> list[str]:
+    """The bench's `batchq worker ARGS` command as this module's worker mode, same ARGS."""
+    if command[:len(WORKER)] != WORKER:  # the bench changed how it starts them: say so
+        raise RuntimeError(f"the bench's worker command is not {WORKER} ...: {command}")
+    return [sys.executable, "-m", "benchmarks.worker_budget", "--worker",
+            *command[len(WORKER):]]
+
+
 def run_bench(argv: list[str]) -> None:
     """`batchq bench ARGS --strategies static --system`, its worker timed; then the split."""
     from batchq.cli import cli
@@ -117,9 +128,7 @@ def run_bench(argv: list[str]) -> None:
 
     def timed_workers(self: Any, *args: Any, **kwargs: Any) -> None:
         workers_init(self, *args, **kwargs)
-        # [python, -m, batchq, worker, ARGS...] -> this module's worker mode, same ARGS
-        self.command = [sys.executable, "-m", "benchmarks.worker_budget", "--worker",
-                        *self.command[4:]]
+        self.command = timed_worker_command(self.command)
 
     def timed_job(self: Any, lines: list[str]) -> Any:
         started = time.time()

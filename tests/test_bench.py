@@ -155,13 +155,19 @@ def test_bench_refuses_bad_options_in_one_line(tiny_model, embedded_env, args, f
 
 
 def test_worker_budget_times_functions_that_exist_and_splits_each_job_by_them(capsys):
-    # benchmarks/worker_budget.py wraps the worker's functions by name: a rename must fail
-    # here, not in the next person's benchmark. Each column it prints is a step it times.
-    from benchmarks.worker_budget import STEPS, TIMED, print_split, timed_functions
+    # benchmarks/worker_budget.py wraps the worker's functions by name and rewrites the bench's
+    # worker command: a rename or a new command must fail here, not in the next person's
+    # benchmark. Each column it prints is a step it times.
+    from batchq.tools.bench.system import BenchWorkers
+    from benchmarks import worker_budget as budget
 
-    assert all(callable(getattr(owner, name)) for owner, name, _ in timed_functions())
-    timed = {step for *_, step in TIMED} | {"submit"}  # the bench itself times the submit
-    assert {step for _, steps in STEPS for step in steps} == timed
+    assert all(callable(getattr(owner, name)) for owner, name, _ in budget.timed_functions())
+    bench = BenchWorkers("./tiny", "none", ["--strategy", "static"]).command
+    assert budget.timed_worker_command(bench)[3:] == [
+        "--worker", "--model", "./tiny", "--quant", "none", "--strategy", "static",
+        "--loglevel", "INFO"]
+    timed = {step for *_, step in budget.TIMED} | {"submit"}  # the bench itself times the submit
+    assert {step for _, steps in budget.STEPS for step in steps} == timed
 
     def job(at: float, batch: float) -> list[str]:
         return [f"{at} 2.0 job", f"{at} 0.1 submit", f"{at + 0.1} 0.05 claim",
@@ -170,7 +176,7 @@ def test_worker_budget_times_functions_that_exist_and_splits_each_job_by_them(ca
                 f"{at + 1.5} 0.3 batch", f"{at + 1.8} 0.1 write", f"{at + 1.95} 0.02 finish"]
 
     # Two jobs, and a worker's step after the first one's end that is not part of it.
-    print_split("\n".join([*job(100.0, 1.2), "102.5 0.4 batch", *job(200.0, 1.0)]) + "\n")
+    budget.print_split("\n".join([*job(100.0, 1.2), "102.5 0.4 batch", *job(200.0, 1.0)]) + "\n")
     *_, header, first, second, medians = capsys.readouterr().out.splitlines()
     assert header.split() == ["job", "submit", "claim", "encode+plan", "batches", "writes",
                               "finish", "lines", "in", "lease", "progress", "the", "rest"]
