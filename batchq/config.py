@@ -32,6 +32,19 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be 0 or more seconds")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -52,6 +65,9 @@ class Settings:
     # A worker times a few batch shapes at start and plans with what it measured; off, it plans
     # with assumed costs: it starts a second sooner and cuts the same batches on every start.
     measure_costs: bool = True
+    # A worker writes its results at least this often (seconds of its batches), or after
+    # every batch that takes longer: what a crash can make it run again. 0: after every batch.
+    write_seconds: float = 0.25
 
     @property
     def embedded(self) -> bool:
@@ -80,6 +96,7 @@ class Settings:
             model_aliases=_aliases(env.get("BATCHQ_MODEL_ALIASES", "")),
             measure_costs=env.get("BATCHQ_MEASURE_COSTS", "1").strip().lower()
             not in ("0", "false", "no", "off"),
+            write_seconds=_seconds(env, "BATCHQ_WRITE_SECONDS", 0.25),
         )
 
 

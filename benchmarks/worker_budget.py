@@ -76,7 +76,7 @@ class Timings:
 TIMED = [
     ("batchq.store.transitions", "Transitions", "claim", "claim"),
     ("batchq.store.transitions", "Transitions", "start_batch", "first attempts"),
-    ("batchq.store.transitions", "Transitions", "record_batch", "write"),
+    ("batchq.store.transitions", "Transitions", "record_batches", "write"),
     ("batchq.store.transitions", "Transitions", "finish", "finish"),
     ("batchq.engine.codec", "PromptCodec", "encode_all", "encode"),
     ("batchq.engine.strategies.static", "StaticBatches", "plan", "plan"),

@@ -55,6 +55,25 @@ def test_each_line_stops_at_its_own_limit_and_sampling_settings_never_mix(engine
     assert {c.finish_reason for c in out.values()} <= {"stop", "length"}
 
 
+@pytest.mark.parametrize("strategy", ["static", "naive"])
+def test_each_batch_is_announced_with_the_batches_planned_after_it(engine, strategy):
+    """The worker counts attempts ahead from what `on_batch` says comes next: it must be
+    exactly the batches that then run, in order."""
+    prompts = [chat(i, text, max_new_tokens=4) for i, text in enumerate(PROMPTS * 4)]
+    announced: list[tuple[list, list]] = []
+    ran = []
+    engine.strategy = strategy
+    try:
+        for out in engine.generate(prompts, on_batch=lambda keys, upcoming: announced.append(
+                (keys, upcoming))):
+            ran.append([c.key for c in out.completions])
+    finally:
+        engine.strategy = "static"
+    assert len(ran) >= 2 and [keys for keys, _ in announced] == ran
+    for n, (_, upcoming) in enumerate(announced):
+        assert upcoming == ran[n + 1:]
+
+
 def test_stop_string_ends_the_output_and_is_not_part_of_it(engine):
     free = run(engine, [chat(0, "Hello", max_new_tokens=16)])[0].text
     stop = free[3:5]  # a piece of what greedy decoding is known to produce

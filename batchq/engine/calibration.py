@@ -42,7 +42,7 @@ def measure_costs(runner: ModelRunner, continuous: bool = False) -> CostModel:
         from batchq.engine.strategies.continuous import ContinuousBatches
 
         clock = device.start()
-        for _ in ContinuousBatches(quiet).run(_items(rows, width, steps), lambda keys: None):
+        for _ in ContinuousBatches(quiet).run(_items(rows, width, steps), lambda keys, upcoming: None):
             pass
         return device.elapsed(clock)
 

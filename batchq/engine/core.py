@@ -41,7 +41,7 @@ def default_strategy(device: str) -> str:
     return "auto"
 
 
-def _ignore(keys: list[Any]) -> None:
+def _ignore(keys: list[Any], upcoming: list[list[Any]]) -> None:
     pass
 
 
@@ -142,8 +142,9 @@ class Engine:
                  on_batch: OnBatch | None = None) -> Iterator[BatchOutput]:
         """Yield one BatchOutput per batch, so callers can store results as they come.
 
-        `on_batch(keys)` is called just before a batch starts, with its prompts' keys: the
-        worker counts attempts with it, so a batch that kills the process is known afterwards.
+        `on_batch(keys, upcoming)` is called just before a batch starts, with its prompts' keys
+        and those of the batches planned after it in the same group: the worker counts
+        attempts with it, so a batch that kills the process is known afterwards.
         """
         started = on_batch or _ignore
         groups: dict[GenerationSettings, list[WorkItem]] = defaultdict(list)

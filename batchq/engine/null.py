@@ -27,18 +27,12 @@ class NullEngine(Engine):
 
     def generate(self, prompts: Iterable[PromptIn],
                  on_batch: OnBatch | None = None) -> Iterator[BatchOutput]:
-        batch: list[PromptIn] = []
-        for prompt in prompts:
-            batch.append(prompt)
-            if len(batch) == self.budget.max_rows:
-                yield self._nothing(batch, on_batch)
-                batch = []
-        if batch:
-            yield self._nothing(batch, on_batch)
-
-    @staticmethod
-    def _nothing(batch: list[PromptIn], on_batch: OnBatch | None) -> BatchOutput:
-        if on_batch is not None:
-            on_batch([p.key for p in batch])
-        return BatchOutput([Completion(p.key, "", "stop", 0, 0) for p in batch],
-                           BatchStats(rows=len(batch)))
+        prompts = list(prompts)
+        rows = self.budget.max_rows
+        keys = [[p.key for p in prompts[start:start + rows]]
+                for start in range(0, len(prompts), rows)]
+        for n, start in enumerate(range(0, len(prompts), rows)):
+            if on_batch is not None:
+                on_batch(keys[n], keys[n + 1:])
+            yield BatchOutput([Completion(p.key, "", "stop", 0, 0)
+                               for p in prompts[start:start + rows]], BatchStats(rows=len(keys[n])))

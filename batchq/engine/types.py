@@ -10,8 +10,10 @@ from typing import Any
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
-# Called just before a batch starts, with its prompts' keys (the worker counts attempts by it).
-OnBatch = Callable[[list[Any]], None]
+# Called just before a batch starts, with its prompts' keys and the keys of the batches planned
+# to run after it (none where the strategy cannot tell): the worker counts attempts by it, for
+# this batch and, so that it need not write before each of them, for some of those after it.
+OnBatch = Callable[[list[Any], list[list[Any]]], None]
 
 
 # What `--sampling model` takes from a model's generation_config (Qwen ships its recommended

@@ -1,5 +1,6 @@
-"""A worker's write of one finished batch: its lines' results, its chunk's totals, its row in
-batch_runs and the next batch's attempts, in one transaction, with the job's status read back.
+"""A worker's write of the batches that finished since its last one: their lines' results, their
+chunk's totals, a row in batch_runs for each, and the attempts of the batches about to run, in
+one transaction, with the job's status read back.
 
 A small model's batch takes a few milliseconds on a GPU, so this write is on the hot path of
 every job: on PostgreSQL it is one statement (one round trip, one plan), elsewhere a handful
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.engine import Connection, Dialect
 
 from batchq.config import Settings
@@ -76,32 +77,41 @@ RESULT_TYPES = {"status": "varchar", "output": "text", "error": "text", "finish_
                 "prompt_tokens": "int", "completion_tokens": "int", "reasoning": "text",
                 "reasoning_tokens": "int", "tool_calls": "text"}
 RESULT_COLUMNS = tuple(RESULT_TYPES)
-RUN_COLUMNS = ("seconds", "rows", "prompt_tokens", "padded_prompt_tokens", "completion_tokens",
-               "decode_slots")
+RUN_TYPES = {"seconds": "float8", "rows": "int", "prompt_tokens": "int",
+             "padded_prompt_tokens": "int", "completion_tokens": "int", "decode_slots": "int"}
+RUN_COLUMNS = tuple(RUN_TYPES)
 
 
 def write_batch(db: Connection, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
-                stats: Measured, next_batch: Sequence[int], deduplicated: int,
-                now: datetime) -> JobStatus:
-    """Write the batch in the caller's transaction; returns the job's status. The attempts
-    of `next_batch` count only while the job is queued or running."""
+                runs: Sequence[Measured], next_batch: Sequence[int], deduplicated: int,
+                release: Sequence[int], now: datetime) -> JobStatus:
+    """Write the batches in the caller's transaction; returns the job's status. The attempts
+    of `next_batch` count only while the job is queued or running; those of `release` (lines
+    counted ahead that never started) are taken back."""
     results = [_result(c) for c in outcomes]
-    sums = (1 if stats.rows else 0, stats.prompt_tokens, stats.padded_prompt_tokens,
-            stats.completion_tokens, stats.decode_slots, stats.seconds, deduplicated)
+    runs = [run for run in runs if run.rows]
+    sums = (len(runs), *(sum(getattr(run, name) for run in runs) for name in (
+        "prompt_tokens", "padded_prompt_tokens", "completion_tokens", "decode_slots", "seconds")),
+        deduplicated)
+    peak = max((run.peak_memory_bytes for run in runs), default=0)
     if _is_one_statement(db.dialect):
-        return _in_one_statement(db, chunk, worker, results, sums, stats, next_batch, now)
+        return _in_one_statement(db, chunk, worker, results, sums, peak, runs, next_batch,
+                                 release, now)
     if results:
         # One statement for the whole batch, executed over its rows: a round trip per line
         # would cost more than a small model's whole batch (README, Performance).
         db.execute(LINE_RESULT, [{"b_id": key, "b_finished_at": now,
                                   **{f"b_{name}": v for name, v in zip(RESULT_COLUMNS, row, strict=True)}}
                                  for key, row in results])
-    db.execute(CHUNK_BATCH, {"c_id": chunk.id, "c_peak_memory_bytes": stats.peak_memory_bytes,
+    db.execute(CHUNK_BATCH, {"c_id": chunk.id, "c_peak_memory_bytes": peak,
                              **{f"c_{name}": v for name, v in zip(CHUNK_SUMS, sums, strict=True)}})
-    if stats.rows:
-        db.execute(insert(BATCH_RUNS), {
+    if runs:
+        db.execute(insert(BATCH_RUNS), [{
             "job_id": chunk.job_id, "chunk_seq": chunk.seq, "worker": worker,
-            "finished_at": now, **{name: getattr(stats, name) for name in RUN_COLUMNS}})
+            "finished_at": now, **{name: getattr(run, name) for name in RUN_COLUMNS}}
+            for run in runs])
+    if release:
+        db.execute(RELEASE_ATTEMPTS, {"r_ids": list(release)})
     return _attempts_while_active(db, chunk, next_batch, now)
 
 
@@ -161,7 +171,14 @@ COUNT_ATTEMPTS = (update(LINES)
                   .values(attempts=_lines.attempts + 1, started_at=bindparam("a_now")))
 CHUNK_BATCH = (update(CHUNKS).where(_chunks.id == bindparam("c_id"))
                .values({name: _chunks[name] + bindparam(f"c_{name}") for name in CHUNK_SUMS})
-               .values(peak_memory_bytes=bindparam("c_peak_memory_bytes")))
+               # the largest of its batches' peaks (each batch measures its own)
+               .values(peak_memory_bytes=case(
+                   (_chunks.peak_memory_bytes < bindparam("c_peak_memory_bytes"),
+                    bindparam("c_peak_memory_bytes")), else_=_chunks.peak_memory_bytes)))
+RELEASE_ATTEMPTS = (update(LINES)
+                    .where(_lines.id.in_(bindparam("r_ids", expanding=True)),
+                           _lines.status == LineStatus.PENDING, _lines.attempts > 0)
+                    .values(attempts=_lines.attempts - 1))
 JOB_STATUS = select(JOBS.c.status).where(JOBS.c.id == bindparam("j_id"))
 # One parameter set per line (bind names may not be column names).
 LINE_RESULT = (update(LINES)
@@ -197,12 +214,17 @@ results AS (  -- each result column an array of the batch's values, unnested int
     WHERE lines.id = v.id AND lines.status = '{LineStatus.PENDING.value}'),
 chunk AS (
     UPDATE chunks SET {", ".join(f"{c} = {c} + %(c_{c})s" for c in CHUNK_SUMS)},
-                      peak_memory_bytes = %(peak)s
+                      peak_memory_bytes = GREATEST(peak_memory_bytes, %(peak)s)
     WHERE id = %(chunk)s),
 batch_run AS (
     INSERT INTO batch_runs (job_id, chunk_seq, worker, finished_at, {", ".join(RUN_COLUMNS)})
-    SELECT %(job)s, %(seq)s, %(worker)s, %(now)s, {", ".join(f"%(r_{c})s" for c in RUN_COLUMNS)}
-    WHERE %(r_rows)s > 0),
+    SELECT %(job)s, %(seq)s, %(worker)s, %(now)s, r.*
+    FROM unnest({", ".join(f"%(r_{c})s::{t}[]" for c, t in RUN_TYPES.items())})
+         AS r({", ".join(RUN_COLUMNS)})),
+released AS (  -- lines counted ahead that never started (the chunk stopped first)
+    UPDATE lines SET attempts = attempts - 1
+    WHERE id = ANY(%(release)s::bigint[]) AND status = '{LineStatus.PENDING.value}'
+      AND attempts > 0 AND NOT id = ANY(%(ids)s::bigint[]) AND NOT id = ANY(%(next)s::bigint[])),
 {_attempts(also=" AND NOT id = ANY(%(ids)s::bigint[])")}
 SELECT status FROM job
 """
@@ -218,13 +240,14 @@ SELECT status FROM job
 
 def _in_one_statement(db: Connection, chunk: ChunkRef, worker: str,
                       results: list[tuple[Any, tuple[Any, ...]]], sums: tuple[Any, ...],
-                      stats: Measured, next_batch: Sequence[int], now: datetime) -> JobStatus:
+                      peak: int, runs: Sequence[Measured], next_batch: Sequence[int],
+                      release: Sequence[int], now: datetime) -> JobStatus:
     params: dict[str, Any] = {
         "job": chunk.job_id, "now": now, "chunk": chunk.id, "seq": chunk.seq, "worker": worker,
-        "peak": stats.peak_memory_bytes, "next": list(next_batch),
+        "peak": peak, "next": list(next_batch), "release": list(release),
         "ids": [key for key, _ in results],
         **{f"c_{name}": v for name, v in zip(CHUNK_SUMS, sums, strict=True)},
-        **{f"r_{name}": getattr(stats, name) for name in RUN_COLUMNS}}
+        **{f"r_{name}": [getattr(run, name) for run in runs] for name in RUN_COLUMNS}}
     columns = list(zip(*(row for _, row in results), strict=True)) or [()] * len(RESULT_COLUMNS)
     for name, values in zip(RESULT_COLUMNS, columns, strict=True):
         if RESULT_TYPES[name] == "text":  # SafeText, which COPY and arrays bypass

@@ -143,17 +143,19 @@ class Transitions:
         self._update_pending([line_id], status=LineStatus.FAILED, error=reason,
                              finished_at=utcnow())
 
-    def record_batch(self, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
-                     stats: Measured, next_batch: Sequence[int] = (),
-                     deduplicated: int = 0) -> JobStatus:
-        """Store one batch's lines and metrics in one commit. Returns the job's status: if it
-        is no longer queued or running (cancelled, expired), the chunk should stop. While it
-        is, the attempts of `next_batch` (the lines about to run) count in the same commit:
-        one round of the database per batch, not two. `deduplicated` of the outcomes are
-        copies of another line's generation (counted, never generated)."""
+    def record_batches(self, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
+                       runs: Sequence[Measured], next_batch: Sequence[int] = (),
+                       deduplicated: int = 0, release: Sequence[int] = ()) -> JobStatus:
+        """Store the lines and metrics of the batches that ran since the last write (`runs`,
+        one batch_runs row each) in one commit. Returns the job's status: if it is no longer
+        queued or running (cancelled, expired), the chunk should stop. While it is, the
+        attempts of `next_batch` (the lines about to run, and perhaps those of the batches
+        after them) count in the same commit: one round of the database per write. `release`
+        takes back the attempts of lines counted ahead that never started. `deduplicated` of
+        the outcomes are copies of another line's generation (counted, never generated)."""
         with self._batch_transaction() as db:
-            return write_batch(db, chunk, worker, outcomes, stats, next_batch, deduplicated,
-                               utcnow())
+            return write_batch(db, chunk, worker, outcomes, runs, next_batch, deduplicated,
+                               release, utcnow())
 
     @contextlib.contextmanager
     def _batch_transaction(self) -> Iterator[Connection]:

@@ -1,10 +1,12 @@
 """One chunk, from claim to finish: the glue between a Celery message and the engine.
 
-Results are written per batch, so progress is visible and a crash loses at most a batch;
-each line is written only while it is still pending, so a redelivered chunk never doubles
-one. Each batch counts an attempt on its lines before it starts; a line left pending with
-attempts was in a batch that never ended, and runs alone until it succeeds or uses
-BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
+Results are written every BATCHQ_WRITE_SECONDS of batches (or after each batch, where one
+takes longer), so progress is visible and a crash makes at most that much run again; each
+line is written only while it is still pending, so a redelivered chunk never doubles one.
+Every line's attempt counts in the database before its batch starts: a write counts them for
+the batches that will run before the next write. A line left pending with attempts was in a
+batch that never ended (or counted ahead of one that never came), and runs alone until it
+succeeds or uses BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
 away longer is not the lines' fault: the chunk is left to its lease.
 """
 
@@ -66,9 +68,11 @@ class ChunkRun:
         self.attempts = {line.id: line.attempts for line in claim.lines}
         self.errors = {line.id: line.error for line in claim.lines}
         self.in_flight: list[int] = []
-        # The last batch's output, written together with the next batch's attempts (one
-        # commit a batch), or by `_flush` once the lines run out.
-        self.unwritten: BatchOutput | None = None
+        # Lines whose attempt a write has already counted, whose batch has not started yet.
+        self.counted_ahead: set[int] = set()
+        # The outputs of the batches since the last write: written together with the attempts
+        # of the batches about to run (one commit a write), or by `_flush` once lines run out.
+        self.unwritten: list[BatchOutput] = []
         self.done = self.failed = self.tokens = 0
         self.deduplicated = 0  # copies among the unwritten output's completions, then written
         self.seconds = 0.0
@@ -88,21 +92,47 @@ class ChunkRun:
         for line_id in suspects:
             while not self.stopped and self._alone(line_id):
                 pass
+        if self.counted_ahead:  # the chunk stopped before their batches started
+            self._flush(release=sorted(self.counted_ahead))
+            self.counted_ahead.clear()
 
-    def _on_batch(self, keys: list[int]) -> None:
-        """Just before a batch starts: the previous batch's results and this one's attempts,
-        in one commit. If the job was cancelled or expired meanwhile, the batch never starts."""
-        if self.unwritten is None:
-            status = self._patiently("counting a batch's attempts",
-                                     lambda: self.store.start_batch(self.claim.chunk, keys))
-            self._stop_unless_active(status)
-        else:
-            self._flush(next_batch=keys)
+    def _on_batch(self, keys: list[int], upcoming: list[list[int]]) -> None:
+        """Just before a batch starts, its lines' attempts must count in the database. Where a
+        write counted them ahead, it starts at once. Otherwise the results so far, its
+        attempts and those of the batches after it that should end within
+        BATCHQ_WRITE_SECONDS go in one commit. If the job was cancelled or expired meanwhile,
+        the batch never starts."""
+        new = [key for key in keys if key not in self.counted_ahead]
+        if new:
+            ahead = self._ahead(upcoming, set(new))
+            group = new + ahead
+            if not self.unwritten:
+                status = self._patiently("counting a batch's attempts",
+                                         lambda: self.store.start_batch(self.claim.chunk, group))
+                self._stop_unless_active(status)
+            else:
+                self._flush(next_batch=group)
+            if not self.stopped:
+                self.counted_ahead.update(ahead)
         if self.stopped:
             raise _JobStopped
+        self.counted_ahead.difference_update(keys)
         self.in_flight = list(keys)
         for key in keys:
             self.attempts[key] += 1
+
+    def _ahead(self, upcoming: list[list[int]], counting: set[int]) -> list[int]:
+        """The lines of the batches after this one that should end within BATCHQ_WRITE_SECONDS
+        of its start, each batch taking as long as the last one did (the largest run first)."""
+        budget, last = self.runtime.settings.write_seconds, self.runtime.last_batch_seconds
+        if not budget or last is None:
+            return []
+        ahead: list[int] = []
+        for n, batch in enumerate(upcoming, start=2):
+            if n * last > budget:
+                break
+            ahead += [key for key in batch if key not in self.counted_ahead and key not in counting]
+        return ahead
 
     def _batches(self, line_ids: list[int]) -> tuple[list[int], list[int]]:
         """Run lines in the engine's batches. On an error, returns the lines not yet started
@@ -168,7 +198,7 @@ class ChunkRun:
             self._flush()
             if line_id not in self.in_flight:  # it raised before its batch began: still a try
                 try:
-                    self._on_batch([line_id])
+                    self._on_batch([line_id], [])
                 except _JobStopped:
                     return False
             self._raised([line_id], exc)
@@ -192,9 +222,10 @@ class ChunkRun:
                 f"({self.failed} failed), {self.tokens} tokens out{rate}")
 
     def _store(self, output: BatchOutput) -> None:
-        """A batch is done: counted now, written with the next batch's attempts."""
-        self._flush()  # a failed-alone output comes without a batch start of its own
-        self.unwritten = output
+        """A batch is done: counted now, written with the next write."""
+        self.unwritten.append(output)
+        if output.stats.rows:
+            self.runtime.last_batch_seconds = output.stats.seconds
         self.done += sum(c.error is None for c in output.completions)
         self.failed += sum(c.error is not None for c in output.completions)
         self.tokens += output.stats.completion_tokens
@@ -206,15 +237,15 @@ class ChunkRun:
         elif shutdown_requested.is_set():
             self.stopped = "shutdown"
 
-    def _flush(self, next_batch: list[int] | None = None) -> None:
-        output = self.unwritten
-        if output is None:
+    def _flush(self, next_batch: list[int] | None = None, release: list[int] | None = None) -> None:
+        outputs = self.unwritten
+        if not outputs and not release:
             return
         copies, self.deduplicated = self.deduplicated, 0
-        job_status = self._patiently("storing a batch's results", lambda: self.store.record_batch(
-            self.claim.chunk, self.runtime.name, output.completions, output.stats,
-            next_batch or (), copies))
-        self.unwritten = None
+        job_status = self._patiently("storing a batch's results", lambda: self.store.record_batches(
+            self.claim.chunk, self.runtime.name, [c for o in outputs for c in o.completions],
+            [o.stats for o in outputs], next_batch or (), copies, release or ()))
+        self.unwritten = []
         self._stop_unless_active(job_status)
 
     def _stop_unless_active(self, job_status: JobStatus) -> None:

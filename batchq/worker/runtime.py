@@ -19,6 +19,9 @@ class WorkerRuntime:
     settings: Settings
     name: str  # how batches and leases name this process: queue@host:pid
     store: Transitions = field(init=False)
+    # The seconds of the last batch that ran: how many batches a write counts attempts ahead
+    # for (BATCHQ_WRITE_SECONDS). None until one has run in this process.
+    last_batch_seconds: float | None = None
 
     def __post_init__(self) -> None:
         self.store = Transitions(self.settings)

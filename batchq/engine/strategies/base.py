@@ -14,7 +14,8 @@ class Strategy(ABC):
     """Turns prompts that share sampling settings into batches and runs them on the runner.
 
     `run` yields one BatchOutput per batch, so callers can store results as they come, and calls
-    `started(keys)` just before each batch begins.
+    `started(keys, upcoming)` just before each batch begins (upcoming: the keys of the
+    batches planned after it, as far as the strategy knows them).
     """
 
     name: ClassVar[str]

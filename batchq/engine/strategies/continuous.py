@@ -53,7 +53,7 @@ class ContinuousBatches(Strategy):
         manager = runner.model.init_continuous_batching(
             generation_config=generation_config, continuous_batching_config=config)
         by_request: dict[str, WorkItem] = {}
-        started([item.key for item in items])  # every prompt is in flight at once
+        started([item.key for item in items], [])  # every prompt is in flight at once
         clock = runner.device.start()
         manager.start()
         try:

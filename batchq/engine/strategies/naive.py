@@ -15,7 +15,9 @@ class NaiveLoop(Strategy):
     name = "naive"
 
     def run(self, items: list[WorkItem], started: OnBatch) -> Iterator[BatchOutput]:
-        for start in range(0, len(items), NAIVE_BATCH_ROWS):
-            batch = items[start:start + NAIVE_BATCH_ROWS]
-            started([item.key for item in batch])
+        batches = [items[start:start + NAIVE_BATCH_ROWS]
+                   for start in range(0, len(items), NAIVE_BATCH_ROWS)]
+        for n, batch in enumerate(batches):
+            started([item.key for item in batch],
+                    [[item.key for item in later] for later in batches[n + 1:]])
             yield self.runner.run_padded(batch, per_row_limits=False)

@@ -35,7 +35,7 @@ class StaticBatches(Strategy):
         planned = self.plan(items)
         while planned:
             first = planned.pop(0)
-            started([item.key for item in first])
+            started([item.key for item in first], [[item.key for item in b] for b in planned])
             yield from self._split_on_oom(first)
             if self.runner.budget != budget:
                 # An out-of-memory split shrank the budget: every later batch must already
