@@ -228,9 +228,12 @@ def test_the_same_chunk_delivered_twice_at_once_runs_once(env, start_worker, tin
              what="the second delivery to be skipped")
 
 
+# Batches of 0.5 s: written one by one (longer than the default BATCHQ_WRITE_SECONDS), or four
+# a write, so the shutdown comes while later batches' attempts are already counted.
+@pytest.mark.parametrize("write_seconds", ["0.25", "2"])
 def test_sigterm_hands_the_chunk_back_at_a_batch_boundary(env, start_worker, tiny_model,
-                                                          tmp_path):
-    env = {**env, "BATCHQ_CHUNK_SIZE": "12"}
+                                                          tmp_path, write_seconds):
+    env = {**env, "BATCHQ_CHUNK_SIZE": "12", "BATCHQ_WRITE_SECONDS": write_seconds}
     rows = rows_of(12)
     first = start_worker(*tiny(tiny_model, "--max-batch-rows", "1"), env=env, faults="slow:0.5")
     job = submit(env, tiny_model, write_rows(tmp_path / "p.jsonl", rows))
@@ -248,7 +251,8 @@ def test_sigterm_hands_the_chunk_back_at_a_batch_boundary(env, start_worker, tin
     start_worker(*tiny(tiny_model), env=env)
     assert wait_final(env, job) == "completed"
     check_exactly_once(env, job, [r["custom_id"] for r in rows])
-    # No line was started twice: the batch in flight finished before the handback.
+    # No line was started twice: the batch in flight finished before the handback, and the
+    # attempts counted ahead for batches that never started were taken back.
     assert {a for (a,) in sql(env, "SELECT attempts FROM lines WHERE job_id = :j", j=job)} == {1}
 
 

@@ -13,6 +13,7 @@ away longer is not the lines' fault: the chunk is left to its lease.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -70,6 +71,7 @@ class ChunkRun:
         self.in_flight: list[int] = []
         # Lines whose attempt a write has already counted, whose batch has not started yet.
         self.counted_ahead: set[int] = set()
+        self.batch_started: float | None = None  # the running batch's start (monotonic)
         # The outputs of the batches since the last write: written together with the attempts
         # of the batches about to run (one commit a write), or by `_flush` once lines run out.
         self.unwritten: list[BatchOutput] = []
@@ -120,6 +122,7 @@ class ChunkRun:
         self.in_flight = list(keys)
         for key in keys:
             self.attempts[key] += 1
+        self.batch_started = time.monotonic()
 
     def _ahead(self, upcoming: list[list[int]], counting: set[int]) -> list[int]:
         """The lines of the batches after this one that should end within BATCHQ_WRITE_SECONDS
@@ -224,8 +227,10 @@ class ChunkRun:
     def _store(self, output: BatchOutput) -> None:
         """A batch is done: counted now, written with the next write."""
         self.unwritten.append(output)
-        if output.stats.rows:
-            self.runtime.last_batch_seconds = output.stats.seconds
+        if output.stats.rows and self.batch_started is not None:
+            # The worker's own clock: what a crash would make it do again, all of it.
+            self.runtime.last_batch_seconds = time.monotonic() - self.batch_started
+            self.batch_started = None
         self.done += sum(c.error is None for c in output.completions)
         self.failed += sum(c.error is not None for c in output.completions)
         self.tokens += output.stats.completion_tokens
