@@ -76,6 +76,35 @@ def expire(settings: Settings, chunk_id: int) -> None:
             else text("datetime(lease_expires_at, '-1 hour')")))
 
 
+def test_a_claim_returns_the_chunk_its_lines_and_the_job_settings_and_starts_the_job(settings):
+    """PostgreSQL claims in two statements (batchq.store.quick_claim), SQLite in a session: the
+    same claim, read through the columns' own types (a custom_id with NUL, the line kinds)."""
+    import uuid
+
+    from batchq.store.reads import chunk_refs
+
+    job = NewJob(id=uuid.uuid4().hex, name=None, source="t.jsonl", model="m", quant="none",
+                 queue=QUEUE, settings={"max_new_tokens": 5}, total_lines=3, expires_at=None)
+    rows = [NewLine(1, "a\x00b", LineKind.PROMPT, '{"params": {}, "text": "x"}', chunk_seq=1),
+            NewLine(2, "c2", LineKind.MESSAGES, '{"params": {}, "messages": []}', chunk_seq=1),
+            NewLine(3, "bad", LineKind.INVALID, refused="invalid JSON")]
+    chunk, = create_job(settings, job, rows, {1: VARIANT})
+    store = Transitions(settings)
+    claim = store.claim(chunk.id, "w1", QUEUE)
+    assert not isinstance(claim, str)
+    assert claim.chunk == chunk_refs(settings, [chunk.id])[0] and claim.token == 1
+    assert claim.job_settings == {"max_new_tokens": 5}
+    assert [(line.custom_id, line.kind, line.request, line.attempts, line.error)
+            for line in claim.lines] == [
+        ("a\x00b", LineKind.PROMPT, '{"params": {}, "text": "x"}', 0, None),
+        ("c2", LineKind.MESSAGES, '{"params": {}, "messages": []}', 0, None)]
+    view = job_view(settings, job.id)
+    assert view.status is JobStatus.RUNNING and view.metrics.started_at is not None
+    assert store.claim(chunk.id, "w2", QUEUE) == "held by another worker"
+    store.cancel(job.id)
+    assert store.claim(chunk.id, "w2", QUEUE) == "already final"
+
+
 def test_a_claim_is_fenced_and_a_line_is_written_once(settings):
     store = Transitions(settings)
     job_id, (chunk,) = new_job(settings)

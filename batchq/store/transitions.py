@@ -38,7 +38,7 @@ from batchq.config import Settings
 from batchq.errors import NotNow
 from batchq.formats import LineKind
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
-from batchq.store import batch_write
+from batchq.store import batch_write, quick_claim
 from batchq.store.batch_write import Measured, Outcome, write_batch
 from batchq.store.database import utcnow
 from batchq.store.models import Chunk, Job, Line
@@ -60,13 +60,19 @@ class Reset:
 class Transitions:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._batch_writes = KeptConnection(settings)
+        # PostgreSQL's hot path, one statement a transaction: claims and batch writes.
+        self._kept = KeptConnection(settings)
 
     # ------------------------------------------------------------ chunks, by their worker
 
     def claim(self, chunk_id: int, worker: str, queue: str) -> Claim | str:
         """Take the chunk if nobody holds a live lease on it. Returns why not, as a string."""
         now = utcnow()
+        if batch_write.one_statement(self.settings):  # PostgreSQL: two statements, or why not
+            with self._kept.statement() as db:
+                taken = quick_claim.claim(db, chunk_id, worker, queue, now, self._lease_from(now))
+            if taken is not None:
+                return taken
         with session_scope(self.settings) as session:
             chunk = session.get(Chunk, chunk_id)
             if chunk is None:
@@ -163,7 +169,7 @@ class Transitions:
         elsewhere a session's, for the portable statements (Core, not the ORM, whose
         bookkeeping cost more than the database does on a fast engine's batches)."""
         if batch_write.one_statement(self.settings):
-            with self._batch_writes.statement() as db:
+            with self._kept.statement() as db:
                 yield db
         else:
             with session_scope(self.settings) as session:
