@@ -125,9 +125,9 @@ def test_a_claim_is_fenced_and_a_line_is_written_once(settings):
     assert store.renew(chunk.id, 2)
     # ... and a line is final once: w2's result stands, w1's late one is dropped.
     ids = [line.id for line in second.lines]
-    assert store.record_batches(chunk, "w2", [Out(ids[0], "from w2")], [Stats()]) == "running"
-    assert store.record_batches(chunk, "w1", [Out(ids[0], "from w1")], [Stats()]) == "running"
-    store.record_batches(chunk, "w2", [Out(i, "from w2") for i in ids[1:]], [Stats(rows=2)])
+    assert store.record_batches(chunk, 2, "w2", [Out(ids[0], "from w2")], [Stats()]) == "running"
+    assert store.record_batches(chunk, 1, "w1", [Out(ids[0], "from w1")], [Stats()]) == "running"
+    store.record_batches(chunk, 2, "w2", [Out(i, "from w2") for i in ids[1:]], [Stats(rows=2)])
     assert store.finish(chunk, 2) is JobStatus.COMPLETED
     assert [r.output for r in line_results(settings, job_id)] == ["from w2"] * 3
     view = job_view(settings, job_id)
@@ -140,13 +140,13 @@ def test_cancel_and_retry_move_exactly_the_lines_they_should(settings):
     claim = store.claim(chunk.id, "w1", QUEUE)
     assert not isinstance(claim, str)
     a, b, c = (line.id for line in claim.lines)
-    assert store.start_batch(chunk, [a, b]) is JobStatus.RUNNING
-    store.record_batches(chunk, "w1", [Out(a, "ok")], [Stats()])
-    store.note_error([b], "generation failed: boom")
+    assert store.start_batch(chunk, 1, [a, b]) is JobStatus.RUNNING
+    store.record_batches(chunk, 1, "w1", [Out(a, "ok")], [Stats()])
+    store.note_error(chunk, 1, [b], "generation failed: boom")
     store.give_up(b, "gave up after 3 attempts: generation failed: boom")
     with pytest.raises(NotNow, match="is still running"):
         store.retry(job_id)
-    store.record_batches(chunk, "w1", [Out(c, "ok")], [Stats()])
+    store.record_batches(chunk, 1, "w1", [Out(c, "ok")], [Stats()])
     assert store.finish(chunk, claim.token) is JobStatus.FAILED
 
     reset = store.retry(job_id[:8])
@@ -166,7 +166,7 @@ def test_cancel_and_retry_move_exactly_the_lines_they_should(settings):
     assert cancelled.status is JobStatus.CANCELLED and cancelled.counts.cancelled == 1
     again = store.claim(chunk.id, "w2", QUEUE)
     assert again == "already final"
-    assert store.record_batches(chunk, "w1", [], []) == "cancelled"  # it stops
+    assert store.record_batches(chunk, 1, "w1", [], []) == "cancelled"  # it stops
     with pytest.raises(NotNow, match="was cancelled"):
         store.retry(job_id)
 
@@ -182,7 +182,7 @@ def test_a_job_past_its_window_expires_its_open_lines_and_keeps_the_finished(set
     claim = store.claim(chunk.id, "w1", QUEUE)
     assert not isinstance(claim, str)
     first = claim.lines[0].id
-    store.record_batches(chunk, "w1", [Out(first, "in time")], [Stats()])
+    store.record_batches(chunk, 1, "w1", [Out(first, "in time")], [Stats()])
     assert store.expire_overdue() == []
     import time
 
@@ -197,12 +197,12 @@ def test_a_job_past_its_window_expires_its_open_lines_and_keeps_the_finished(set
         ("succeeded", "in time"), ("expired", None), ("expired", None)]
     assert lines[1].error.startswith("batch_expired")
     # The chunk still running is told to stop; a late result does not overwrite an expired line.
-    assert store.record_batches(chunk, "w1", [Out(claim.lines[1].id, "late")], [Stats()]) == "expired"
+    assert store.record_batches(chunk, 1, "w1", [Out(claim.lines[1].id, "late")], [Stats()]) == "expired"
     assert [r.output for r in line_results(settings, job_id)][1] is None
     assert job_view(settings, on_time).status is JobStatus.QUEUED
 
 
-def test_a_batch_write_stores_every_field_and_counts_the_next_batch_while_the_job_runs(settings):
+def test_a_batch_write_stores_every_field_and_names_the_next_batch_in_flight(settings):
     """One statement on PostgreSQL, several on SQLite (batchq.store.batch_write): the same rows."""
     from sqlalchemy import select
 
@@ -213,9 +213,9 @@ def test_a_batch_write_stores_every_field_and_counts_the_next_batch_while_the_jo
     claim = store.claim(chunk.id, "w1", QUEUE)
     assert not isinstance(claim, str)
     a, b, c, d, e = (line.id for line in claim.lines)
-    assert store.start_batch(chunk, [a, b, c]) is JobStatus.RUNNING
+    assert store.start_batch(chunk, 1, [a, b, c]) is JobStatus.RUNNING
     calls = [{"name": "f", "arguments": '{"x": "é"}'}]
-    status = store.record_batches(chunk, "w1", [
+    status = store.record_batches(chunk, 1, "w1", [
         Out(a, "NUL \x00 inside, \x01 mark", "length", prompt_tokens=7, completion_tokens=4),
         Out(b, '{"cut', "length", completion_tokens=9, error="JSON cut off"),
         Out(c, "answer", reasoning="because\x00", reasoning_tokens=3, tool_calls=calls),
@@ -239,8 +239,11 @@ def test_a_batch_write_stores_every_field_and_counts_the_next_batch_while_the_jo
         ("failed", None, "JSON cut off", "length", 3, 9, None, None, None, 1, True, True),
         ("succeeded", "answer", None, "stop", 3, 2, "because\x00", 3,
          '[{"name": "f", "arguments": "{\\"x\\": \\"é\\"}"}]', 1, True, True),
-        ("pending", None, None, None, None, None, None, None, None, 1, True, False),
-        ("pending", None, None, None, None, None, None, None, None, 1, True, False)]
+        # Named in flight, not counted: their attempts count with their results, or at the
+        # next claim if this worker dies first.
+        ("pending", None, None, None, None, None, None, None, None, 0, False, False),
+        ("pending", None, None, None, None, None, None, None, None, 0, False, False)]
+    assert in_flight(settings, chunk.id) == [d, e]
     view = job_view(settings, job_id)
     m = view.metrics
     assert (m.batches, m.prompt_tokens, m.completion_tokens) == (1, 20, 15)
@@ -253,54 +256,81 @@ def test_a_batch_write_stores_every_field_and_counts_the_next_batch_while_the_jo
             "FROM chunks WHERE id = :c"), {"c": chunk.id}).one()
     assert tuple(sums) == (0.5, 18, 1, 123)
 
-    # A line the batch finished gets no attempt, even if named among the next batch's.
-    store.record_batches(chunk, "w1", [Out(d, "done")], [Stats()], next_batch=[d, e])
-    assert [row[9] for row in lines()] == [1, 1, 1, 1, 2]
+    store.record_batches(chunk, 1, "w1", [Out(d, "done")], [Stats()], next_batch=[e])
+    assert [row[9] for row in lines()] == [1, 1, 1, 1, 0]
     # Once the job is cancelled, the next batch's attempts no longer count, a late result is
     # dropped, and a batch without rows adds no batch run.
     store.cancel(job_id)
-    assert store.record_batches(chunk, "w1", [Out(e, "late")], [],
+    assert store.record_batches(chunk, 1, "w1", [Out(e, "late")], [],
                               next_batch=[e]) is JobStatus.CANCELLED
     assert [row[:2] for row in lines()][3:] == [("succeeded", "done"), ("cancelled", None)]
-    assert [row[9] for row in lines()] == [1, 1, 1, 1, 2]
-    # A batch about to start learns it too (its line, cancelled, counts no attempt).
-    assert store.start_batch(chunk, [e]) is JobStatus.CANCELLED
-    assert [row[9] for row in lines()] == [1, 1, 1, 1, 2]
+    assert [row[9] for row in lines()] == [1, 1, 1, 1, 0]
+    # A batch about to start learns it too.
+    assert store.start_batch(chunk, 1, [e]) is JobStatus.CANCELLED
     with session_scope(settings) as session:
         assert len(session.scalars(select(BatchRun).where(BatchRun.job_id == job_id)).all()) == 2
 
 
-def test_one_write_stores_several_batches_and_takes_back_attempts_counted_ahead(settings):
+def in_flight(settings: Settings, chunk_id: int) -> list[int] | None:
+    import json
+
+    with get_engine(settings.database_url).connect() as db:
+        value = db.execute(text("SELECT in_flight FROM chunks WHERE id = :c"),
+                           {"c": chunk_id}).scalar_one()
+    return None if value is None else json.loads(value)
+
+
+def attempts_of(settings: Settings, job_id: str) -> list[tuple[str, str, int]]:
+    with get_engine(settings.database_url).connect() as db:
+        return [tuple(r) for r in db.execute(text(
+            "SELECT custom_id, status, attempts FROM lines WHERE job_id = :j ORDER BY line_no"),
+            {"j": job_id})]
+
+
+def test_one_write_stores_several_batches_and_a_dead_workers_lines_in_flight_count_at_the_next_claim(
+        settings):
     """A write covers the batches since the last one (a batch_runs row each, their sums on the
-    chunk) and counts the attempts of the batches before the next write. A chunk that stops
-    early takes back the attempts of the lines whose batch never started."""
+    chunk), counts each result's attempt, and names the lines of the batches before the next
+    write in flight. If the worker dies, the next claim counts an attempt on those still
+    pending; the dead claim's late writes can no longer name lines in flight."""
     store = Transitions(settings)
     job_id, (chunk,) = new_job(settings, lines=6)
     claim = store.claim(chunk.id, "w1", QUEUE)
     assert not isinstance(claim, str)
     a, b, c, d, e, f = (line.id for line in claim.lines)
-    assert store.start_batch(chunk, [a, b, c, d]) is JobStatus.RUNNING  # two batches ahead
-    assert store.record_batches(chunk, "w1", [Out(a, "1"), Out(b, "2"), Out(c, "3")],
+    assert store.start_batch(chunk, 1, [a, b, c, d]) is JobStatus.RUNNING  # two batches ahead
+    assert in_flight(settings, chunk.id) == [a, b, c, d]
+    assert store.record_batches(chunk, 1, "w1", [Out(a, "1"), Out(b, "2"), Out(c, "3")],
                                 [Stats(rows=2, seconds=0.5, peak_memory_bytes=7),
                                  Stats(rows=1, seconds=0.25, peak_memory_bytes=9)],
-                                next_batch=[e, f]) is JobStatus.RUNNING
-    # d was counted ahead and never started; e and f were counted for the next batch, which
-    # ran e only before the chunk stopped.
-    assert store.record_batches(chunk, "w1", [Out(e, "5")], [Stats()],
-                                release=[d, f]) is JobStatus.RUNNING
+                                next_batch=[d, e]) is JobStatus.RUNNING
+    assert in_flight(settings, chunk.id) == [d, e]
     with get_engine(settings.database_url).connect() as db:
-        lines = db.execute(text("SELECT custom_id, status, attempts FROM lines WHERE job_id = :j "
-                                "ORDER BY line_no"), {"j": job_id}).all()
         runs = db.execute(text("SELECT rows, seconds FROM batch_runs WHERE job_id = :j "
                                "ORDER BY id"), {"j": job_id}).all()
         sums = db.execute(text("SELECT batches, generate_seconds, completion_tokens, "
                                "peak_memory_bytes FROM chunks WHERE id = :c"),
                           {"c": chunk.id}).one()
-    assert [tuple(r) for r in lines] == [
+    assert [tuple(r) for r in runs] == [(2, 0.5), (1, 0.25)]
+    assert tuple(sums) == (2, 0.75, 4, 9)
+    assert attempts_of(settings, job_id) == [
         ("c1", "succeeded", 1), ("c2", "succeeded", 1), ("c3", "succeeded", 1),
-        ("c4", "pending", 0), ("c5", "succeeded", 1), ("c6", "pending", 0)]
-    assert [tuple(r) for r in runs] == [(2, 0.5), (1, 0.25), (1, 0.1)]
-    assert tuple(sums) == (3, 0.85, 6, 9)
+        ("c4", "pending", 0), ("c5", "pending", 0), ("c6", "pending", 0)]
+
+    expire(settings, chunk.id)  # w1 died running d and e
+    store.requeue_expired(QUEUE)
+    again = store.claim(chunk.id, "w2", QUEUE)
+    assert not isinstance(again, str) and again.token == 2
+    assert [(line.custom_id, line.attempts) for line in again.lines] == [
+        ("c4", 1), ("c5", 1), ("c6", 0)]
+    assert in_flight(settings, chunk.id) is None
+    store.start_batch(chunk, 2, [d])
+    store.record_batches(chunk, 1, "w1", [Out(e, "late, from w1")], [Stats()], next_batch=[f])
+    assert in_flight(settings, chunk.id) == [d]  # w2's, which w1 cannot replace
+    store.record_batches(chunk, 2, "w2", [Out(d, "4")], [Stats()])
+    assert in_flight(settings, chunk.id) is None
+    assert attempts_of(settings, job_id)[3:] == [
+        ("c4", "succeeded", 2), ("c5", "succeeded", 2), ("c6", "pending", 0)]
     store.cancel(job_id)  # nothing left running for the other tests on this database
 
 
@@ -326,21 +356,21 @@ def test_batch_writes_on_a_kept_connection_survive_its_loss(pg_url, tmp_path, mo
             db.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                             "datname = current_database() AND pid <> pg_backend_pid()"))
 
-    store.start_batch(chunk, [a])
-    store.record_batches(chunk, "w1", [Out(a, "one")], [Stats()], next_batch=[b])
+    store.start_batch(chunk, 1, [a])
+    store.record_batches(chunk, 1, "w1", [Out(a, "one")], [Stats()], next_batch=[b])
 
     kill_all()
     monkeypatch.setattr(KeptConnection, "STALE_SECONDS", 0.0)
-    assert store.record_batches(chunk, "w1", [Out(b, "two")], [Stats()],
+    assert store.record_batches(chunk, 1, "w1", [Out(b, "two")], [Stats()],
                               next_batch=[c]) is JobStatus.RUNNING
 
     kill_all()  # a pool connection would be pinged and replaced; the kept one is not
     monkeypatch.setattr(KeptConnection, "STALE_SECONDS", 3600.0)
     with pytest.raises(ServiceUnavailable, match="cannot reach the database"):
-        store.record_batches(chunk, "w1", [Out(c, "three")], [Stats()], next_batch=[d])
+        store.record_batches(chunk, 1, "w1", [Out(c, "three")], [Stats()], next_batch=[d])
     assert retrying(settings, "storing", lambda: store.record_batches(
-        chunk, "w1", [Out(c, "three")], [Stats()], next_batch=[d])) is JobStatus.RUNNING
-    store.record_batches(chunk, "w1", [Out(d, "four")], [Stats()])
+        chunk, 1, "w1", [Out(c, "three")], [Stats()], next_batch=[d])) is JobStatus.RUNNING
+    store.record_batches(chunk, 1, "w1", [Out(d, "four")], [Stats()])
 
     with get_engine(pg_url).connect() as db:
         rows = db.execute(text("SELECT custom_id, output, attempts FROM lines WHERE job_id = :j "

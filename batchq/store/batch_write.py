@@ -1,6 +1,12 @@
 """A worker's write of the batches that finished since its last one: their lines' results, their
-chunk's totals, a row in batch_runs for each, and the attempts of the batches about to run, in
-one transaction, with the job's status read back.
+chunk's totals, a row in batch_runs for each, and the lines of the batches about to run, in one
+transaction, with the job's status read back.
+
+A line's attempt must be known before its batch starts, so that a line that kills its worker
+is found out. It is not written on the line's row, which would be a second update of every
+line: the write names the lines about to run on their chunk's row (`chunks.in_flight`), and
+the next write counts the attempt on each row with its result. If the worker dies first, the
+next claim of the chunk counts it on the rows still pending (batchq.store.transitions).
 
 A small model's batch takes a few milliseconds on a GPU, so this write is on the hot path of
 every job: on PostgreSQL it is one statement (one round trip, one plan), elsewhere a handful
@@ -13,14 +19,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection, Dialect
 
 from batchq.config import Settings
-from batchq.states import ACTIVE_JOB_STATUSES, JobStatus, LineStatus
+from batchq.states import JobStatus, LineStatus
 from batchq.store.database import get_engine
 from batchq.store.models import BATCH_RUNS, CHUNKS, JOBS, LINES, text_bind
 from batchq.store.views import ChunkRef
@@ -82,25 +88,28 @@ RUN_TYPES = {"seconds": "float8", "rows": "int", "prompt_tokens": "int",
 RUN_COLUMNS = tuple(RUN_TYPES)
 
 
-def write_batch(db: Connection, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
-                runs: Sequence[Measured], next_batch: Sequence[int], deduplicated: int,
-                release: Sequence[int], now: datetime) -> JobStatus:
-    """Write the batches in the caller's transaction; returns the job's status. The attempts
-    of `next_batch` count only while the job is queued or running; those of `release` (lines
-    counted ahead that never started) are taken back."""
+def write_batch(db: Connection, chunk: ChunkRef, token: int, worker: str,
+                outcomes: Sequence[Outcome], runs: Sequence[Measured],
+                next_batch: Sequence[int], deduplicated: int, now: datetime) -> JobStatus:
+    """Write the batches in the caller's transaction; returns the job's status. Each result
+    counts its line's attempt; `next_batch` becomes the chunk's lines in flight (none: the
+    chunk stops or ends) if `token` still holds the chunk."""
     results = [_result(c) for c in outcomes]
     runs = [run for run in runs if run.rows]
     sums = (len(runs), *(sum(getattr(run, name) for run in runs) for name in (
         "prompt_tokens", "padded_prompt_tokens", "completion_tokens", "decode_slots", "seconds")),
         deduplicated)
     peak = max((run.peak_memory_bytes for run in runs), default=0)
+    # When the first of these batches started, near enough: their lines' start.
+    started = now - timedelta(seconds=sum(run.seconds for run in runs))
+    in_flight = in_flight_json(next_batch)
     if _is_one_statement(db.dialect):
-        return _in_one_statement(db, chunk, worker, results, sums, peak, runs, next_batch,
-                                 release, now)
+        return _in_one_statement(db, chunk, token, worker, results, sums, peak, runs,
+                                 in_flight, started, now)
     if results:
         # One statement for the whole batch, executed over its rows: a round trip per line
         # would cost more than a small model's whole batch (README, Performance).
-        db.execute(LINE_RESULT, [{"b_id": key, "b_finished_at": now,
+        db.execute(LINE_RESULT, [{"b_id": key, "b_finished_at": now, "b_started_at": started,
                                   **{f"b_{name}": v for name, v in zip(RESULT_COLUMNS, row, strict=True)}}
                                  for key, row in results])
     db.execute(CHUNK_BATCH, {"c_id": chunk.id, "c_peak_memory_bytes": peak,
@@ -110,9 +119,7 @@ def write_batch(db: Connection, chunk: ChunkRef, worker: str, outcomes: Sequence
             "job_id": chunk.job_id, "chunk_seq": chunk.seq, "worker": worker,
             "finished_at": now, **{name: getattr(run, name) for name in RUN_COLUMNS}}
             for run in runs])
-    if release:
-        db.execute(RELEASE_ATTEMPTS, {"r_ids": list(release)})
-    return _attempts_while_active(db, chunk, next_batch, now)
+    return start_batch(db, chunk, token, next_batch)
 
 
 def one_statement(settings: Settings) -> bool:
@@ -124,30 +131,20 @@ def _is_one_statement(dialect: Dialect) -> bool:
     return dialect.name == "postgresql" and dialect.driver == "psycopg"
 
 
-def start_batch(db: Connection, chunk: ChunkRef, line_ids: Sequence[int],
-                now: datetime) -> JobStatus:
-    """Count the attempts of a batch about to run, while its job is queued or running (in
-    the caller's transaction); returns the job's status."""
+def in_flight_json(line_ids: Sequence[int]) -> str | None:
+    return json.dumps(list(line_ids), separators=(",", ":")) if line_ids else None
+
+
+def start_batch(db: Connection, chunk: ChunkRef, token: int,
+                line_ids: Sequence[int]) -> JobStatus:
+    """Name the lines about to run as the chunk's lines in flight, if `token` still holds it
+    (in the caller's transaction); returns the job's status."""
+    params = {"i_chunk": chunk.id, "i_token": token, "i_lines": in_flight_json(line_ids),
+              "j_id": chunk.job_id}
     if _is_one_statement(db.dialect):
-        return JobStatus(db.exec_driver_sql(ATTEMPTS_STATEMENT, {
-            "job": chunk.job_id, "now": now, "next": list(line_ids)}).scalar_one())
-    return _attempts_while_active(db, chunk, line_ids, now)
-
-
-def _attempts_while_active(db: Connection, chunk: ChunkRef, line_ids: Sequence[int],
-                           now: datetime) -> JobStatus:
-    """The portable statements' last step: the job's status, and the lines' attempts counted
-    if it is queued or running."""
-    status = JobStatus(db.execute(JOB_STATUS, {"j_id": chunk.job_id}).scalar_one())
-    if line_ids and status in ACTIVE_JOB_STATUSES:
-        count_attempts(db, line_ids, now)
-    return status
-
-
-def count_attempts(db: Connection, line_ids: Sequence[int], now: datetime) -> None:
-    """An attempt counts before its batch runs: a pending line with attempts was in a batch
-    that never ended (crash, kill, error)."""
-    db.execute(COUNT_ATTEMPTS, {"a_ids": list(line_ids), "a_now": now})
+        return JobStatus(db.execute(IN_FLIGHT_STATEMENT, params).scalar_one())
+    db.execute(SET_IN_FLIGHT, params)
+    return JobStatus(db.execute(JOB_STATUS, params).scalar_one())
 
 
 def _result(c: Outcome) -> tuple[Any, tuple[Any, ...]]:
@@ -165,87 +162,68 @@ def _result(c: Outcome) -> tuple[Any, tuple[Any, ...]]:
 # ---------------------------------------------------------------- portable statements
 
 _lines, _chunks = LINES.c, CHUNKS.c
-COUNT_ATTEMPTS = (update(LINES)
-                  .where(_lines.id.in_(bindparam("a_ids", expanding=True)),
-                         _lines.status == LineStatus.PENDING)
-                  .values(attempts=_lines.attempts + 1, started_at=bindparam("a_now")))
 CHUNK_BATCH = (update(CHUNKS).where(_chunks.id == bindparam("c_id"))
                .values({name: _chunks[name] + bindparam(f"c_{name}") for name in CHUNK_SUMS})
                # the largest of its batches' peaks (each batch measures its own)
                .values(peak_memory_bytes=case(
                    (_chunks.peak_memory_bytes < bindparam("c_peak_memory_bytes"),
                     bindparam("c_peak_memory_bytes")), else_=_chunks.peak_memory_bytes)))
-RELEASE_ATTEMPTS = (update(LINES)
-                    .where(_lines.id.in_(bindparam("r_ids", expanding=True)),
-                           _lines.status == LineStatus.PENDING, _lines.attempts > 0)
-                    .values(attempts=_lines.attempts - 1))
+# Only the holder of the claim names its lines in flight: a worker presumed dead, whose claim
+# was taken, must not overwrite the new holder's.
+SET_IN_FLIGHT = (update(CHUNKS).where(_chunks.id == bindparam("i_chunk"),
+                                      _chunks.attempts == bindparam("i_token"))
+                 .values(in_flight=bindparam("i_lines")))
 JOB_STATUS = select(JOBS.c.status).where(JOBS.c.id == bindparam("j_id"))
-# One parameter set per line (bind names may not be column names).
+# One parameter set per line (bind names may not be column names). The result counts the
+# attempt that produced it.
 LINE_RESULT = (update(LINES)
                .where(_lines.id == bindparam("b_id"), _lines.status == LineStatus.PENDING)
                .values({name: bindparam(f"b_{name}") for name in (*RESULT_COLUMNS,
-                                                                    "finished_at")}))
+                                                                    "finished_at")})
+               .values(attempts=_lines.attempts + 1,
+                       started_at=func.coalesce(_lines.started_at, bindparam("b_started_at"))))
+# PostgreSQL: the lines in flight and the job's status in one round trip.
+IN_FLIGHT_STATEMENT = (
+    select(JOBS.c.status).where(JOBS.c.id == bindparam("j_id"))
+    .add_cte(SET_IN_FLIGHT.cte("in_flight")))
 
 
 # ---------------------------------------------------------------- PostgreSQL, one statement
 
-_ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_JOB_STATUSES))
-_JOB = "job AS (SELECT status FROM jobs WHERE id = %(job)s)"
-
-
-def _attempts(also: str = "") -> str:
-    """The CTE counting the attempts of `next`'s pending lines while the job is active."""
-    return f"""attempts AS (
-    UPDATE lines SET attempts = attempts + 1, started_at = %(now)s
-    WHERE id = ANY(%(next)s::bigint[]) AND status = '{LineStatus.PENDING.value}'{also}
-      AND (SELECT status FROM job) IN ({_ACTIVE}))"""
-
-
-# Every part sees the same snapshot, so the statement keeps the portable order's effects by
-# its conditions: a line this batch finished gets no attempt (it is no longer pending once
-# the results are written), and the attempts count only while the job is active.
+# Every part sees the same snapshot. A result is written only while its line is pending, and
+# counts the attempt that produced it.
 ONE_STATEMENT = f"""
-WITH {_JOB},
+WITH job AS (SELECT status FROM jobs WHERE id = %(job)s),
 results AS (  -- each result column an array of the batch's values, unnested into rows
-    UPDATE lines SET {", ".join(f"{c} = v.{c}" for c in RESULT_COLUMNS)}, finished_at = %(now)s
+    UPDATE lines SET {", ".join(f"{c} = v.{c}" for c in RESULT_COLUMNS)}, finished_at = %(now)s,
+                     attempts = attempts + 1, started_at = COALESCE(started_at, %(started)s)
     FROM unnest(%(ids)s::bigint[], {", ".join(f"%({c})s::{t}[]" for c, t in
                                              RESULT_TYPES.items())})
          AS v(id, {", ".join(RESULT_COLUMNS)})
     WHERE lines.id = v.id AND lines.status = '{LineStatus.PENDING.value}'),
 chunk AS (
     UPDATE chunks SET {", ".join(f"{c} = {c} + %(c_{c})s" for c in CHUNK_SUMS)},
-                      peak_memory_bytes = GREATEST(peak_memory_bytes, %(peak)s)
+                      peak_memory_bytes = GREATEST(peak_memory_bytes, %(peak)s),
+                      in_flight = CASE WHEN attempts = %(token)s THEN %(in_flight)s
+                                       ELSE in_flight END
     WHERE id = %(chunk)s),
 batch_run AS (
     INSERT INTO batch_runs (job_id, chunk_seq, worker, finished_at, {", ".join(RUN_COLUMNS)})
     SELECT %(job)s, %(seq)s, %(worker)s, %(now)s, r.*
     FROM unnest({", ".join(f"%(r_{c})s::{t}[]" for c, t in RUN_TYPES.items())})
-         AS r({", ".join(RUN_COLUMNS)})),
-released AS (  -- lines counted ahead that never started (the chunk stopped first)
-    UPDATE lines SET attempts = attempts - 1
-    WHERE id = ANY(%(release)s::bigint[]) AND status = '{LineStatus.PENDING.value}'
-      AND attempts > 0 AND NOT id = ANY(%(ids)s::bigint[]) AND NOT id = ANY(%(next)s::bigint[])),
-{_attempts(also=" AND NOT id = ANY(%(ids)s::bigint[])")}
-SELECT status FROM job
-"""
-
-# A batch's attempts where no results go with them (a chunk's first batch, a line run alone),
-# with the job's status.
-ATTEMPTS_STATEMENT = f"""
-WITH {_JOB},
-{_attempts()}
+         AS r({", ".join(RUN_COLUMNS)}))
 SELECT status FROM job
 """
 
 
-def _in_one_statement(db: Connection, chunk: ChunkRef, worker: str,
+def _in_one_statement(db: Connection, chunk: ChunkRef, token: int, worker: str,
                       results: list[tuple[Any, tuple[Any, ...]]], sums: tuple[Any, ...],
-                      peak: int, runs: Sequence[Measured], next_batch: Sequence[int],
-                      release: Sequence[int], now: datetime) -> JobStatus:
+                      peak: int, runs: Sequence[Measured], in_flight: str | None,
+                      started: datetime, now: datetime) -> JobStatus:
     params: dict[str, Any] = {
-        "job": chunk.job_id, "now": now, "chunk": chunk.id, "seq": chunk.seq, "worker": worker,
-        "peak": peak, "next": list(next_batch), "release": list(release),
-        "ids": [key for key, _ in results],
+        "job": chunk.job_id, "now": now, "started": started, "chunk": chunk.id,
+        "token": token, "seq": chunk.seq, "worker": worker, "peak": peak,
+        "in_flight": in_flight, "ids": [key for key, _ in results],
         **{f"c_{name}": v for name, v in zip(CHUNK_SUMS, sums, strict=True)},
         **{f"r_{name}": [getattr(run, name) for run in runs] for name in RUN_COLUMNS}}
     columns = list(zip(*(row for _, row in results), strict=True)) or [()] * len(RESULT_COLUMNS)

@@ -82,6 +82,10 @@ class Chunk(Base):
                                                 default=ChunkStatus.QUEUED)
     # Claims so far; the claim's number is its fencing token (only its holder renews the lease).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # JSON list of the line ids whose batches may have started since the holder's last write:
+    # their attempts count on their rows when their results are written, or, if the worker
+    # died first, at the next claim. One write a group of batches, not one a line.
+    in_flight: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # When its broker message was last sent; NULL if it never was (broker down at submit).

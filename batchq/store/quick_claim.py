@@ -5,7 +5,8 @@ returned) and the chunk's pending lines.
 The portable claim (`Transitions.claim`, a session) asks six questions of the database in a
 transaction, with the ORM's bookkeeping around them: about 7 ms a chunk under load, which a
 fast engine's chunk of 256 lines notices (README, Performance). Both claim by the same
-compare-and-set on the chunk's row. When this one takes nothing, the portable one runs to say
+compare-and-set on the chunk's row, and both count an attempt on the lines its last holder
+left in flight. When this one takes nothing, the portable one runs to say
 why (unknown chunk, wrong variant, already final, held by another worker). Only
 batchq.store.transitions calls this module.
 """
@@ -34,11 +35,17 @@ WITH job AS (
 claimed AS (
     UPDATE chunks SET status = '{ChunkStatus.RUNNING.value}', worker = %(worker)s,
                       attempts = attempts + 1, started_at = %(now)s,
-                      lease_expires_at = %(lease)s
+                      lease_expires_at = %(lease)s, in_flight = NULL
     WHERE id = %(chunk)s AND queue = %(queue)s
       AND (status = '{ChunkStatus.QUEUED.value}' OR lease_expires_at < %(now)s)
       AND (SELECT status FROM job) IN ({_ACTIVE})
     RETURNING id, job_id, seq, first_line, last_line, queue, attempts),
+counted AS (  -- its last holder died with these lines' batches running: each was an attempt
+    UPDATE lines SET attempts = attempts + 1
+    WHERE id IN (SELECT value::bigint
+                 FROM chunks, json_array_elements_text(chunks.in_flight::json)
+                 WHERE chunks.id = %(chunk)s)
+      AND status = '{LineStatus.PENDING.value}' AND EXISTS (SELECT 1 FROM claimed)),
 started AS (
     UPDATE jobs SET status = '{JobStatus.RUNNING.value}',
                     started_at = COALESCE(started_at, %(now)s)

@@ -83,14 +83,19 @@ class Transitions:
             assert job is not None
             if job.status.final or chunk.status is ChunkStatus.DONE:
                 return "already final"
+            in_flight = chunk.in_flight  # as the last holder left it
             claim = (
                 update(Chunk)
                 .where(Chunk.id == chunk_id)
                 .where((Chunk.status == ChunkStatus.QUEUED) | (Chunk.lease_expires_at < now))
                 .values(status=ChunkStatus.RUNNING, worker=worker, attempts=Chunk.attempts + 1,
-                        started_at=now, lease_expires_at=self._lease_from(now)))
+                        started_at=now, lease_expires_at=self._lease_from(now), in_flight=None))
             if not changed_rows(session, claim):
                 return "held by another worker"
+            if in_flight:  # its worker died with these batches running: each was an attempt
+                session.execute(update(Line).where(Line.id.in_(json.loads(in_flight)),
+                                                   Line.status == LineStatus.PENDING)
+                                .values(attempts=Line.attempts + 1))
             session.refresh(chunk)
             if job.status is JobStatus.QUEUED:
                 job.status = JobStatus.RUNNING
@@ -133,35 +138,44 @@ class Transitions:
 
     # ------------------------------------------------------------ lines, by their worker
 
-    def start_batch(self, chunk: ChunkRef, line_ids: Sequence[int]) -> JobStatus:
-        """An attempt counts before its batch runs: a pending line with attempts was in a batch
-        that never ended (crash, kill, error). Returns the job's status; unless it is queued
-        or running (cancelled, expired), nothing is counted and the batch should not run."""
+    def start_batch(self, chunk: ChunkRef, token: int, line_ids: Sequence[int]) -> JobStatus:
+        """An attempt must be known before its batch runs: a pending line with attempts was in
+        a batch that never ended (crash, kill, error). The lines about to run become the
+        chunk's lines in flight, which its next claim counts an attempt on if they are still
+        pending (batchq.store.batch_write). Returns the job's status; unless it is queued or
+        running (cancelled, expired), the batch should not run."""
         with self._batch_transaction() as db:
-            return batch_write.start_batch(db, chunk, line_ids, utcnow())
+            return batch_write.start_batch(db, chunk, token, line_ids)
 
-    def note_error(self, line_ids: Sequence[int], reason: str) -> None:
-        """A batch raised: the lines stay pending, with the reason they fail with if it lasts."""
-        self._update_pending(line_ids, error=reason)
+    def note_error(self, chunk: ChunkRef, token: int, line_ids: Sequence[int],
+                   reason: str) -> None:
+        """A batch raised: the lines stay pending, with the reason they fail with if it lasts,
+        and the attempt counted. None of the chunk's lines is in flight any more."""
+        with session_scope(self.settings) as session:
+            session.execute(update(Line).where(Line.id.in_(list(line_ids)),
+                                               Line.status == LineStatus.PENDING)
+                            .values(error=reason, attempts=Line.attempts + 1))
+            session.execute(update(Chunk).where(Chunk.id == chunk.id, Chunk.attempts == token)
+                            .values(in_flight=None))
 
     def give_up(self, line_id: int, reason: str) -> None:
         """A line that used its attempts fails with its last reason."""
         self._update_pending([line_id], status=LineStatus.FAILED, error=reason,
                              finished_at=utcnow())
 
-    def record_batches(self, chunk: ChunkRef, worker: str, outcomes: Sequence[Outcome],
-                       runs: Sequence[Measured], next_batch: Sequence[int] = (),
-                       deduplicated: int = 0, release: Sequence[int] = ()) -> JobStatus:
-        """Store the lines and metrics of the batches that ran since the last write (`runs`,
-        one batch_runs row each) in one commit. Returns the job's status: if it is no longer
-        queued or running (cancelled, expired), the chunk should stop. While it is, the
-        attempts of `next_batch` (the lines about to run, and perhaps those of the batches
-        after them) count in the same commit: one round of the database per write. `release`
-        takes back the attempts of lines counted ahead that never started. `deduplicated` of
-        the outcomes are copies of another line's generation (counted, never generated)."""
+    def record_batches(self, chunk: ChunkRef, token: int, worker: str,
+                       outcomes: Sequence[Outcome], runs: Sequence[Measured],
+                       next_batch: Sequence[int] = (), deduplicated: int = 0) -> JobStatus:
+        """Store the lines (each result with its attempt) and metrics of the batches that ran
+        since the last write (`runs`, one batch_runs row each) in one commit, and make
+        `next_batch` (the lines about to run, and perhaps those of the batches after them)
+        the chunk's lines in flight: one round of the database a write. Returns the job's
+        status: if it is no longer queued or running (cancelled, expired), the chunk should
+        stop. `deduplicated` of the outcomes are copies of another line's generation
+        (counted, never generated)."""
         with self._batch_transaction() as db:
-            return write_batch(db, chunk, worker, outcomes, runs, next_batch, deduplicated,
-                               release, utcnow())
+            return write_batch(db, chunk, token, worker, outcomes, runs, next_batch,
+                               deduplicated, utcnow())
 
     @contextlib.contextmanager
     def _batch_transaction(self) -> Iterator[Connection]:
@@ -273,7 +287,7 @@ class Transitions:
                 finish_reason=None, prompt_tokens=None, completion_tokens=None, reasoning=None,
                 reasoning_tokens=None, tool_calls=None, started_at=None, finished_at=None))
             session.execute(update(Chunk).where(Chunk.job_id == job.id, Chunk.seq.in_(seqs))
-                            .values(**_requeued(now), finished_at=None))
+                            .values(**_requeued(now), finished_at=None, in_flight=None))
             job.status = JobStatus.QUEUED
             job.finished_at = None
             chunks = select_chunks(session, Chunk.job_id == job.id, Chunk.seq.in_(seqs))

@@ -3,10 +3,11 @@
 Results are written every BATCHQ_WRITE_SECONDS of batches (or after each batch, where one
 takes longer), so progress is visible and a crash makes at most that much run again; each
 line is written only while it is still pending, so a redelivered chunk never doubles one.
-Every line's attempt counts in the database before its batch starts: a write counts them for
-the batches that will run before the next write. A line left pending with attempts was in a
-batch that never ended (or counted ahead of one that never came), and runs alone until it
-succeeds or uses BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
+Before a batch starts, the database knows its lines: a write names the lines of the batches
+that will run before the next write as its chunk's lines in flight. Their attempts count
+with their results, or at the next claim if the worker dies first. A line left pending with
+attempts was in a batch that never ended, and runs alone until it succeeds or uses
+BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
 away longer is not the lines' fault: the chunk is left to its lease.
 """
 
@@ -69,7 +70,7 @@ class ChunkRun:
         self.attempts = {line.id: line.attempts for line in claim.lines}
         self.errors = {line.id: line.error for line in claim.lines}
         self.in_flight: list[int] = []
-        # Lines whose attempt a write has already counted, whose batch has not started yet.
+        # Lines a write named in flight ahead of their batch, which has not started yet.
         self.counted_ahead: set[int] = set()
         self.batch_started: float | None = None  # the running batch's start (monotonic)
         # The outputs of the batches since the last write: written together with the attempts
@@ -94,28 +95,23 @@ class ChunkRun:
         for line_id in suspects:
             while not self.stopped and self._alone(line_id):
                 pass
-        if self.counted_ahead:  # the chunk stopped before their batches started
-            self._flush(release=sorted(self.counted_ahead))
-            self.counted_ahead.clear()
 
     def _on_batch(self, keys: list[int], upcoming: list[list[int]]) -> None:
-        """Just before a batch starts, its lines' attempts must count in the database. Where a
-        write counted them ahead, it starts at once. Otherwise the results so far, its
-        attempts and those of the batches after it that should end within
-        BATCHQ_WRITE_SECONDS go in one commit. If the job was cancelled or expired meanwhile,
-        the batch never starts."""
-        new = [key for key in keys if key not in self.counted_ahead]
-        if new:
-            ahead = self._ahead(upcoming, set(new))
-            group = new + ahead
+        """Just before a batch starts, the database must know its lines. Where a write named
+        them ahead, it starts at once. Otherwise the results so far, its lines and those of
+        the batches after it that should end within BATCHQ_WRITE_SECONDS go in one commit.
+        If the job was cancelled or expired meanwhile, the batch never starts."""
+        if not self.counted_ahead.issuperset(keys):
+            # The write replaces the chunk's lines in flight: this batch's and those ahead.
+            ahead = self._ahead(upcoming)
+            group = keys + ahead
             if not self.unwritten:
-                status = self._patiently("counting a batch's attempts",
-                                         lambda: self.store.start_batch(self.claim.chunk, group))
+                status = self._patiently("naming the lines about to run", lambda: (
+                    self.store.start_batch(self.claim.chunk, self.claim.token, group)))
                 self._stop_unless_active(status)
             else:
                 self._flush(next_batch=group)
-            if not self.stopped:
-                self.counted_ahead.update(ahead)
+            self.counted_ahead = set(ahead)
         if self.stopped:
             raise _JobStopped
         self.counted_ahead.difference_update(keys)
@@ -124,7 +120,7 @@ class ChunkRun:
             self.attempts[key] += 1
         self.batch_started = time.monotonic()
 
-    def _ahead(self, upcoming: list[list[int]], counting: set[int]) -> list[int]:
+    def _ahead(self, upcoming: list[list[int]]) -> list[int]:
         """The lines of the batches after this one that should end within BATCHQ_WRITE_SECONDS
         of its start, each batch taking as long as the last one did (the largest run first)."""
         budget, last = self.runtime.settings.write_seconds, self.runtime.last_batch_seconds
@@ -134,7 +130,7 @@ class ChunkRun:
         for n, batch in enumerate(upcoming, start=2):
             if n * last > budget:
                 break
-            ahead += [key for key in batch if key not in self.counted_ahead and key not in counting]
+            ahead += batch
         return ahead
 
     def _batches(self, line_ids: list[int]) -> tuple[list[int], list[int]]:
@@ -216,8 +212,9 @@ class ChunkRun:
         for line_id in line_ids:
             self.errors[line_id] = reason
         if line_ids:
-            self._patiently("noting a failed batch",
-                            lambda: self.store.note_error(line_ids, reason))
+            self._patiently("noting a failed batch", lambda: self.store.note_error(
+                self.claim.chunk, self.claim.token, line_ids, reason))
+            self.counted_ahead.clear()  # none is in flight any more: the next batch says so
 
     def progress(self) -> str:
         rate = f", {self.tokens / self.seconds:.1f} tok/s" if self.seconds else ""
@@ -242,15 +239,20 @@ class ChunkRun:
         elif shutdown_requested.is_set():
             self.stopped = "shutdown"
 
-    def _flush(self, next_batch: list[int] | None = None, release: list[int] | None = None) -> None:
+    def _flush(self, next_batch: list[int] | None = None) -> None:
+        """Write the outputs since the last write; `next_batch` becomes the lines in flight
+        (none: no batch is about to start, and the lines named ahead are named no more)."""
         outputs = self.unwritten
-        if not outputs and not release:
+        if not outputs:
             return
         copies, self.deduplicated = self.deduplicated, 0
         job_status = self._patiently("storing a batch's results", lambda: self.store.record_batches(
-            self.claim.chunk, self.runtime.name, [c for o in outputs for c in o.completions],
-            [o.stats for o in outputs], next_batch or (), copies, release or ()))
+            self.claim.chunk, self.claim.token, self.runtime.name,
+            [c for o in outputs for c in o.completions], [o.stats for o in outputs],
+            next_batch or (), copies))
         self.unwritten = []
+        if not next_batch:
+            self.counted_ahead.clear()
         self._stop_unless_active(job_status)
 
     def _stop_unless_active(self, job_status: JobStatus) -> None:
