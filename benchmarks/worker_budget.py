@@ -38,7 +38,7 @@ STEPS = [
     ("claim", ("claim",)),
     ("encode+plan", ("encode", "plan")),
     ("batches", ("batch",)),
-    ("writes", ("write", "first attempts")),
+    ("writes", ("write", "first lines in flight")),
     ("finish", ("finish",)),
     ("lines in", ("lines in",)),
     ("lease", ("lease",)),
@@ -75,7 +75,7 @@ class Timings:
 # The worker's functions timed, by the step each counts in: (module, class, function, step).
 TIMED = [
     ("batchq.store.transitions", "Transitions", "claim", "claim"),
-    ("batchq.store.transitions", "Transitions", "start_batch", "first attempts"),
+    ("batchq.store.transitions", "Transitions", "start_batch", "first lines in flight"),
     ("batchq.store.transitions", "Transitions", "record_batches", "write"),
     ("batchq.store.transitions", "Transitions", "finish", "finish"),
     ("batchq.engine.codec", "PromptCodec", "encode_all", "encode"),

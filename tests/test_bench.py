@@ -172,7 +172,7 @@ def test_worker_budget_times_functions_that_exist_and_splits_each_job_by_them(ca
     def job(at: float, batch: float) -> list[str]:
         return [f"{at} 2.0 job", f"{at} 0.1 submit", f"{at + 0.1} 0.05 claim",
                 f"{at + 0.15} 0.1 encode", f"{at + 0.25} 0.02 plan",
-                f"{at + 0.27} 0.01 first attempts", f"{at + 0.3} {batch} batch",
+                f"{at + 0.27} 0.01 first lines in flight", f"{at + 0.3} {batch} batch",
                 f"{at + 1.5} 0.3 batch", f"{at + 1.8} 0.1 write", f"{at + 1.95} 0.02 finish"]
 
     # Two jobs, and a worker's step after the first one's end that is not part of it.
@@ -181,7 +181,7 @@ def test_worker_budget_times_functions_that_exist_and_splits_each_job_by_them(ca
     assert header.split() == ["job", "submit", "claim", "encode+plan", "batches", "writes",
                               "finish", "lines", "in", "lease", "progress", "the", "rest"]
     # 2.0 s each: 0.1 submit, 0.05 claim, 0.12 encoding and planning, the batches, 0.11 of
-    # writes (a batch's and the first attempts), 0.02 finish, and the rest what is left.
+    # writes (a batch's and the first lines in flight), 0.02 finish, and the rest what is left.
     assert first.split() == ["2.000", "0.100", "0.050", "0.120", "1.500", "0.110", "0.020",
                              "0.000", "0.000", "0.000", "0.100"]
     assert second.split() == ["2.000", "0.100", "0.050", "0.120", "1.300", "0.110", "0.020",
