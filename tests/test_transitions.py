@@ -15,7 +15,7 @@ from batchq.states import ChunkStatus, JobStatus
 from batchq.store.database import get_engine
 from batchq.store.intake import NewJob, NewLine, create_job
 from batchq.store.models import Chunk
-from batchq.store.reads import job_view, line_results
+from batchq.store.reads import batch_records, job_view, line_results
 from batchq.store.sessions import session_scope
 from batchq.store.transitions import Transitions
 from batchq.variants import Variant
@@ -308,10 +308,13 @@ def test_one_write_stores_several_batches_and_a_dead_workers_lines_in_flight_cou
     with get_engine(settings.database_url).connect() as db:
         runs = db.execute(text("SELECT rows, seconds FROM batch_runs WHERE job_id = :j "
                                "ORDER BY id"), {"j": job_id}).all()
+        ends = [r.finished_at for r in batch_records(settings, job_id)]
         sums = db.execute(text("SELECT batches, generate_seconds, completion_tokens, "
                                "peak_memory_bytes FROM chunks WHERE id = :c"),
                           {"c": chunk.id}).one()
     assert [tuple(r) for r in runs] == [(2, 0.5), (1, 0.25)]
+    # They ran back to back: the first ended as the second began (what `batchq report` plots).
+    assert (ends[1] - ends[0]).total_seconds() == pytest.approx(0.25, abs=1e-3)
     assert tuple(sums) == (2, 0.75, 4, 9)
     assert attempts_of(settings, job_id) == [
         ("c1", "succeeded", 1), ("c2", "succeeded", 1), ("c3", "succeeded", 1),

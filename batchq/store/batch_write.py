@@ -100,11 +100,13 @@ def write_batch(db: Connection, chunk: ChunkRef, token: int, worker: str,
         "prompt_tokens", "padded_prompt_tokens", "completion_tokens", "decode_slots", "seconds")),
         deduplicated)
     peak = max((run.peak_memory_bytes for run in runs), default=0)
-    # When the first of these batches started, near enough: their lines' start.
+    # The batches ran back to back, the last one ending now: when each ended (what `batchq
+    # report` plots them by), and when the first started (their lines' start), near enough.
+    ended = _ends(runs, now)
     started = now - timedelta(seconds=sum(run.seconds for run in runs))
     in_flight = in_flight_json(next_batch)
     if _is_one_statement(db.dialect):
-        return _in_one_statement(db, chunk, token, worker, results, sums, peak, runs,
+        return _in_one_statement(db, chunk, token, worker, results, sums, peak, runs, ended,
                                  in_flight, started, now)
     if results:
         # One statement for the whole batch, executed over its rows: a round trip per line
@@ -117,8 +119,8 @@ def write_batch(db: Connection, chunk: ChunkRef, token: int, worker: str,
     if runs:
         db.execute(insert(BATCH_RUNS), [{
             "job_id": chunk.job_id, "chunk_seq": chunk.seq, "worker": worker,
-            "finished_at": now, **{name: getattr(run, name) for name in RUN_COLUMNS}}
-            for run in runs])
+            "finished_at": end, **{name: getattr(run, name) for name in RUN_COLUMNS}}
+            for run, end in zip(runs, ended, strict=True)])
     return start_batch(db, chunk, token, next_batch)
 
 
@@ -129,6 +131,14 @@ def one_statement(settings: Settings) -> bool:
 
 def _is_one_statement(dialect: Dialect) -> bool:
     return dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+
+def _ends(runs: Sequence[Measured], now: datetime) -> list[datetime]:
+    ends, end = [], now
+    for run in reversed(runs):
+        ends.append(end)
+        end -= timedelta(seconds=run.seconds)
+    return ends[::-1]
 
 
 def in_flight_json(line_ids: Sequence[int]) -> str | None:
@@ -209,21 +219,22 @@ chunk AS (
     WHERE id = %(chunk)s),
 batch_run AS (
     INSERT INTO batch_runs (job_id, chunk_seq, worker, finished_at, {", ".join(RUN_COLUMNS)})
-    SELECT %(job)s, %(seq)s, %(worker)s, %(now)s, r.*
-    FROM unnest({", ".join(f"%(r_{c})s::{t}[]" for c, t in RUN_TYPES.items())})
-         AS r({", ".join(RUN_COLUMNS)}))
+    SELECT %(job)s, %(seq)s, %(worker)s, r.*
+    FROM unnest(%(r_finished_at)s::timestamptz[],
+                {", ".join(f"%(r_{c})s::{t}[]" for c, t in RUN_TYPES.items())})
+         AS r(finished_at, {", ".join(RUN_COLUMNS)}))
 SELECT status FROM job
 """
 
 
 def _in_one_statement(db: Connection, chunk: ChunkRef, token: int, worker: str,
                       results: list[tuple[Any, tuple[Any, ...]]], sums: tuple[Any, ...],
-                      peak: int, runs: Sequence[Measured], in_flight: str | None,
-                      started: datetime, now: datetime) -> JobStatus:
+                      peak: int, runs: Sequence[Measured], ended: list[datetime],
+                      in_flight: str | None, started: datetime, now: datetime) -> JobStatus:
     params: dict[str, Any] = {
         "job": chunk.job_id, "now": now, "started": started, "chunk": chunk.id,
         "token": token, "seq": chunk.seq, "worker": worker, "peak": peak,
-        "in_flight": in_flight, "ids": [key for key, _ in results],
+        "in_flight": in_flight, "ids": [key for key, _ in results], "r_finished_at": ended,
         **{f"c_{name}": v for name, v in zip(CHUNK_SUMS, sums, strict=True)},
         **{f"r_{name}": [getattr(run, name) for run in runs] for name in RUN_COLUMNS}}
     columns = list(zip(*(row for _, row in results), strict=True)) or [()] * len(RESULT_COLUMNS)

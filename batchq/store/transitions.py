@@ -133,7 +133,7 @@ class Transitions:
         with session_scope(self.settings) as session:
             session.execute(update(Chunk).where(Chunk.id == chunk.id, Chunk.attempts == token)
                             .values(status=ChunkStatus.DONE, finished_at=utcnow(),
-                                    lease_expires_at=None))
+                                    lease_expires_at=None, in_flight=None))
             return _finish_job_if_done(session, chunk.job_id)
 
     # ------------------------------------------------------------ lines, by their worker
