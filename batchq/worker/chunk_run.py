@@ -71,10 +71,10 @@ class ChunkRun:
         self.errors = {line.id: line.error for line in claim.lines}
         self.in_flight: list[int] = []
         # Lines a write named in flight ahead of their batch, which has not started yet.
-        self.counted_ahead: set[int] = set()
+        self.named_ahead: set[int] = set()
         self.batch_started: float | None = None  # the running batch's start (monotonic)
-        # The outputs of the batches since the last write: written together with the attempts
-        # of the batches about to run (one commit a write), or by `_flush` once lines run out.
+        # The outputs of the batches since the last write: written together with the lines of
+        # the batches about to run (one commit a write), or by `_flush` once lines run out.
         self.unwritten: list[BatchOutput] = []
         self.done = self.failed = self.tokens = 0
         self.deduplicated = 0  # copies among the unwritten output's completions, then written
@@ -101,7 +101,7 @@ class ChunkRun:
         them ahead, it starts at once. Otherwise the results so far, its lines and those of
         the batches after it that should end within BATCHQ_WRITE_SECONDS go in one commit.
         If the job was cancelled or expired meanwhile, the batch never starts."""
-        if not self.counted_ahead.issuperset(keys):
+        if not self.named_ahead.issuperset(keys):
             # The write replaces the chunk's lines in flight: this batch's and those ahead.
             ahead = self._ahead(upcoming)
             group = keys + ahead
@@ -111,10 +111,10 @@ class ChunkRun:
                 self._stop_unless_active(status)
             else:
                 self._flush(next_batch=group)
-            self.counted_ahead = set(ahead)
+            self.named_ahead = set(ahead)
         if self.stopped:
             raise _JobStopped
-        self.counted_ahead.difference_update(keys)
+        self.named_ahead.difference_update(keys)
         self.in_flight = list(keys)
         for key in keys:
             self.attempts[key] += 1
@@ -214,7 +214,7 @@ class ChunkRun:
         if line_ids:
             self._patiently("noting a failed batch", lambda: self.store.note_error(
                 self.claim.chunk, self.claim.token, line_ids, reason))
-            self.counted_ahead.clear()  # none is in flight any more: the next batch says so
+            self.named_ahead.clear()  # none is in flight any more: the next batch says so
 
     def progress(self) -> str:
         rate = f", {self.tokens / self.seconds:.1f} tok/s" if self.seconds else ""
@@ -252,7 +252,7 @@ class ChunkRun:
             next_batch or (), copies))
         self.unwritten = []
         if not next_batch:
-            self.counted_ahead.clear()
+            self.named_ahead.clear()
         self._stop_unless_active(job_status)
 
     def _stop_unless_active(self, job_status: JobStatus) -> None:
