@@ -95,6 +95,7 @@ class ChunkRun:
         for line_id in suspects:
             while not self.stopped and self._alone(line_id):
                 pass
+        self._flush()
 
     def _on_batch(self, keys: list[int], upcoming: list[list[int]]) -> None:
         """Just before a batch starts, the database must know its lines. Where a write named
@@ -185,10 +186,11 @@ class ChunkRun:
             return False
         self.in_flight = []
         try:
+            # Its result is written with the next line's start (one write a line run alone),
+            # or at the end of the run.
             for output in self.runtime.engine.generate([self.prompts[line_id]],
                                                        on_batch=self._on_batch):
                 self._store(output)
-            self._flush()
         except _JobStopped:
             return False
         except ServiceUnavailable:
