@@ -27,12 +27,11 @@ class NullEngine(Engine):
 
     def generate(self, prompts: Iterable[PromptIn],
                  on_batch: OnBatch | None = None) -> Iterator[BatchOutput]:
-        prompts = list(prompts)
-        rows = self.budget.max_rows
-        keys = [[p.key for p in prompts[start:start + rows]]
-                for start in range(0, len(prompts), rows)]
-        for n, start in enumerate(range(0, len(prompts), rows)):
+        prompts, rows = list(prompts), self.budget.max_rows
+        batches = [prompts[start:start + rows] for start in range(0, len(prompts), rows)]
+        keys = [[p.key for p in batch] for batch in batches]
+        for n, batch in enumerate(batches):
             if on_batch is not None:
                 on_batch(keys[n], keys[n + 1:])
-            yield BatchOutput([Completion(p.key, "", "stop", 0, 0)
-                               for p in prompts[start:start + rows]], BatchStats(rows=len(keys[n])))
+            yield BatchOutput([Completion(p.key, "", "stop", 0, 0) for p in batch],
+                              BatchStats(rows=len(batch)))

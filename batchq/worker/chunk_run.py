@@ -69,7 +69,7 @@ class ChunkRun:
             self.copies = _identical(claim.lines, self.prompts)
         self.attempts = {line.id: line.attempts for line in claim.lines}
         self.errors = {line.id: line.error for line in claim.lines}
-        self.in_flight: list[int] = []
+        self.running: list[int] = []  # the keys of the batch running now
         # Lines a write named in flight ahead of their batch, which has not started yet.
         self.named_ahead: set[int] = set()
         self.batch_started: float | None = None  # the running batch's start (monotonic)
@@ -116,7 +116,7 @@ class ChunkRun:
         if self.stopped:
             raise _JobStopped
         self.named_ahead.difference_update(keys)
-        self.in_flight = list(keys)
+        self.running = list(keys)
         for key in keys:
             self.attempts[key] += 1
         self.batch_started = time.monotonic()
@@ -138,7 +138,7 @@ class ChunkRun:
         """Run lines in the engine's batches. On an error, returns the lines not yet started
         and those of the batch that raised."""
         left = set(line_ids)
-        self.in_flight = []
+        self.running = []
         copied = {c for first in line_ids for c in self.copies.get(first, ())}
         try:
             for output in self.runtime.engine.generate(
@@ -157,7 +157,7 @@ class ChunkRun:
         except Exception as exc:
             self._flush()
             # Outside any batch (while encoding, say), every line not yet done is a suspect.
-            raised = [i for i in self.in_flight if i in left] or [i for i in line_ids if i in left]
+            raised = [i for i in self.running if i in left] or [i for i in line_ids if i in left]
             self._raised(raised, exc)
             left -= set(raised)
             return [i for i in line_ids if i in left], raised
@@ -184,7 +184,7 @@ class ChunkRun:
             self._patiently("failing a line", lambda: self.store.give_up(line_id, reason))
             self.failed += 1
             return False
-        self.in_flight = []
+        self.running = []
         try:
             # Its result is written with the next line's start (one write a line run alone),
             # or at the end of the run.
@@ -197,7 +197,7 @@ class ChunkRun:
             raise
         except Exception as exc:
             self._flush()
-            if line_id not in self.in_flight:  # it raised before its batch began: still a try
+            if line_id not in self.running:  # it raised before its batch began: still a try
                 try:
                     self._on_batch([line_id], [])
                 except _JobStopped:

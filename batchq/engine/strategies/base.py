@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import ClassVar
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 from batchq.engine.runner import ModelRunner
 from batchq.engine.types import BatchOutput, GenerationSettings, OnBatch, WorkItem
@@ -30,3 +30,9 @@ class Strategy(ABC):
     @abstractmethod
     def run(self, items: list[WorkItem], started: OnBatch) -> Iterator[BatchOutput]:
         ...
+
+
+def batch_keys(batches: Sequence[Sequence[WorkItem]]) -> list[list[Any]]:
+    """Each batch's prompt keys, for `started`: built once a plan (announcing the batches after
+    each one, batch by batch, would build them again every batch)."""
+    return [[item.key for item in batch] for batch in batches]

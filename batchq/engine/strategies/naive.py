@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from batchq.engine.strategies.base import Strategy
+from batchq.engine.strategies.base import Strategy, batch_keys
 from batchq.engine.types import BatchOutput, OnBatch, WorkItem
 
 NAIVE_BATCH_ROWS = 16
@@ -17,7 +17,7 @@ class NaiveLoop(Strategy):
     def run(self, items: list[WorkItem], started: OnBatch) -> Iterator[BatchOutput]:
         batches = [items[start:start + NAIVE_BATCH_ROWS]
                    for start in range(0, len(items), NAIVE_BATCH_ROWS)]
+        keys = batch_keys(batches)
         for n, batch in enumerate(batches):
-            started([item.key for item in batch],
-                    [[item.key for item in later] for later in batches[n + 1:]])
+            started(keys[n], keys[n + 1:])
             yield self.runner.run_padded(batch, per_row_limits=False)

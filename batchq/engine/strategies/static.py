@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from batchq.engine.device import is_out_of_memory
 from batchq.engine.planning import BatchBudget, batch_cost, plan_batches, plan_seconds
 from batchq.engine.runner import ModelRunner
-from batchq.engine.strategies.base import Strategy
+from batchq.engine.strategies.base import Strategy, batch_keys
 from batchq.engine.types import BatchOutput, OnBatch, WorkItem
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,17 @@ class StaticBatches(Strategy):
     def run(self, items: list[WorkItem], started: OnBatch) -> Iterator[BatchOutput]:
         budget = self.runner.budget
         planned = self.plan(items)
+        keys = batch_keys(planned)  # once a plan, not once a batch
         while planned:
             first = planned.pop(0)
-            started([item.key for item in first], [[item.key for item in b] for b in planned])
+            started(keys.pop(0), list(keys))
             yield from self._split_on_oom(first)
             if self.runner.budget != budget:
                 # An out-of-memory split shrank the budget: every later batch must already
                 # keep to the smaller size.
                 budget = self.runner.budget
                 planned = self.plan([item for batch in planned for item in batch])
+                keys = batch_keys(planned)
 
     def plan(self, items: list[WorkItem]) -> list[list[WorkItem]]:
         """The batches, cheapest first-to-last under the runner's cost model."""
