@@ -39,7 +39,7 @@ STEPS = [
     ("encode+plan", ("encode", "plan")),
     ("batches", ("batch",)),
     ("writes", ("write", "first lines in flight")),
-    ("finish", ("finish",)),
+    ("finish", ("finish", "last tail")),
     ("lines in", ("lines in",)),
     ("lease", ("lease",)),
     ("progress", ("progress",)),
@@ -78,6 +78,8 @@ TIMED = [
     ("batchq.store.transitions", "Transitions", "start_batch", "first lines in flight"),
     ("batchq.store.transitions", "Transitions", "record_batches", "write"),
     ("batchq.store.transitions", "Transitions", "finish", "finish"),
+    # A finish runs in the worker's tail, beside the next chunk: what the chunk waits for it.
+    ("batchq.worker.tail", "ChunkTail", "wait", "last tail"),
     ("batchq.engine.codec", "PromptCodec", "encode_all", "encode"),
     ("batchq.engine.strategies.static", "StaticBatches", "plan", "plan"),
     ("batchq.engine.runner", "ModelRunner", "run_padded", "batch"),

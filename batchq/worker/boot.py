@@ -172,6 +172,7 @@ def serve(plan: WorkerPlan, settings: Settings, loglevel: str,
         app.worker_main(celery_argv(plan, settings, loglevel))
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    runtime.tail.wait()  # the last chunk's finish, before the process ends below
     # Celery has stopped cleanly (a running chunk was handed back). Tearing the interpreter
     # down now would only free the model and the tokenizer object by object, which takes
     # seconds and holds up `docker stop`: the process ends here instead.

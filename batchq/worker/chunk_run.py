@@ -8,7 +8,9 @@ that will run before the next write as its chunk's lines in flight. Their attemp
 with their results, or at the next claim if the worker dies first. A line left pending with
 attempts was in a batch that never ended, and runs alone until it succeeds or uses
 BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
-away longer is not the lines' fault: the chunk is left to its lease.
+away longer is not the lines' fault: the chunk is left to its lease. A chunk that runs to its
+end leaves its last write and its finish to the worker's tail (batchq.worker.tail), which
+runs them while the next chunk is claimed and encoded.
 """
 
 from __future__ import annotations
@@ -80,8 +82,13 @@ class ChunkRun:
         self.deduplicated = 0  # copies among the unwritten output's completions, then written
         self.seconds = 0.0
         self.stopped: str | None = None  # cancelled | expired | shutdown | lease lost
+        # Whether the last chunk's tail has committed: this chunk's first write waits for it.
+        self.after_last_tail = False
 
     def _patiently(self, what: str, transaction: Callable[[], Any]) -> Any:
+        if not self.after_last_tail:
+            self.runtime.tail.wait()
+            self.after_last_tail = True
         return retrying(self.runtime.settings, what, transaction)
 
     def run(self) -> None:
@@ -95,6 +102,10 @@ class ChunkRun:
         for line_id in suspects:
             while not self.stopped and self._alone(line_id):
                 pass
+        # The outputs still unwritten are written by `write_rest`, in run_chunk or its tail.
+
+    def write_rest(self) -> None:
+        """Write the outputs not written yet; none of the chunk's lines is in flight after."""
         self._flush()
 
     def _on_batch(self, keys: list[int], upcoming: list[list[int]]) -> None:
@@ -149,7 +160,6 @@ class ChunkRun:
                 left -= {c.key for c in output.completions}
                 if self.stopped:
                     break
-            self._flush()
         except _JobStopped:
             return [], []
         except ServiceUnavailable:
@@ -281,8 +291,8 @@ class _JobStopped(Exception):
 
 def run_chunk(chunk_id: int, runtime: WorkerRuntime,
               on_progress: Progress | None = None) -> dict[str, Any]:
-    """Claim the chunk, run it, and finish it (or hand it back at shutdown). Returns the
-    summary Flower shows as the task's result."""
+    """Claim the chunk, run it, and finish it in the runtime's tail (or hand it back at
+    shutdown). Returns the summary Flower shows as the task's result."""
     store = runtime.store
     claim = retrying(runtime.settings, "claiming a chunk",
                      lambda: store.claim(chunk_id, runtime.name, runtime.variant.queue))
@@ -296,15 +306,24 @@ def run_chunk(chunk_id: int, runtime: WorkerRuntime,
     with LeaseKeeper(store, chunk.id, token) as lease:
         work = ChunkRun(claim, runtime, lease, on_progress)
         work.run()
+        if work.stopped in ("shutdown", "lease lost"):
+            work.write_rest()
     if work.stopped == "shutdown":
         if retrying(runtime.settings, "handing a chunk back",
                     lambda: store.hand_back(chunk.id, token)):
             dispatch.send(runtime.settings, [chunk])
         log.info("%s handed back at shutdown", chunk.label)
     elif work.stopped != "lease lost":
-        final = retrying(runtime.settings, "finishing a chunk", lambda: store.finish(chunk, token))
-        if final:
-            log.info("job %s %s", chunk.job_id, final)
+        def tail() -> None:
+            work.write_rest()
+            final = retrying(runtime.settings, "finishing a chunk",
+                             lambda: store.finish(chunk, token))
+            if final:
+                log.info("job %s %s", chunk.job_id, final)
+
+        # It runs after the last chunk's tail, and this chunk's first write waited for that.
+        work.after_last_tail = True
+        runtime.tail.start(chunk.label, tail)
     # Flower shows this dict as the task's result, in its narrow column: the counts first.
     summary: dict[str, Any] = {
         "succeeded": work.done, "failed": work.failed, "lines": len(claim.lines),

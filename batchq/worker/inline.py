@@ -16,5 +16,6 @@ def serve_job(job_id: str, runtime: WorkerRuntime,
     message, so a concurrent worker and a later redelivery are both harmless."""
     for chunk in reading.chunks(job_id, runtime.settings):
         run_chunk(chunk.id, runtime)
+        runtime.tail.wait()  # the chunk's finish, which the status below should show
         if on_chunk is not None:
             on_chunk(reading.status(job_id, runtime.settings))

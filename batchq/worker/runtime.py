@@ -10,6 +10,7 @@ from batchq.config import Settings
 from batchq.engine import Engine
 from batchq.store.transitions import Transitions
 from batchq.variants import Variant
+from batchq.worker.tail import ChunkTail
 
 
 @dataclass
@@ -22,6 +23,8 @@ class WorkerRuntime:
     # The seconds of the last batch that ran: how many batches a write counts attempts ahead
     # for (BATCHQ_WRITE_SECONDS). None until one has run in this process.
     last_batch_seconds: float | None = None
+    # The last chunk's final write and finish, running while the next chunk starts.
+    tail: ChunkTail = field(init=False, default_factory=ChunkTail)
 
     def __post_init__(self) -> None:
         self.store = Transitions(self.settings)
