@@ -176,6 +176,40 @@ def test_a_poison_line_that_kills_its_worker_fails_alone_after_max_attempts(
     assert attempts == {"q0": 2, "q1": 2, "q2": 3, "q3": 2, "q4": 2, "q5": 2}
 
 
+def test_a_crash_in_a_group_of_batches_runs_alone_only_the_batch_that_was_running(
+        env, start_worker, tiny_model, tmp_path):
+    """One write names the batches of the next 5 s (once a worker has timed a batch); the
+    poison line's batch starts without a write of its own, marked running. The crash counts
+    an attempt on that batch alone: only its lines run alone after it, and the batches before
+    and after it run again as batches."""
+    env = {**env, "BATCHQ_CHUNK_SIZE": "12", "BATCHQ_MAX_ATTEMPTS": "3",
+           "BATCHQ_WRITE_SECONDS": "5"}
+    # By length the poison sits between six short lines and five long ones: in the third
+    # batch of two or later, whichever end the batches start from. (A new worker's first
+    # batch is written alone, untimed; the second write names the rest.)
+    rows = [{"custom_id": f"q{i}", "prompt": f"{i} " + "why? " * (1 if i < 6 else 30)}
+            for i in range(11)]
+    rows.append({"custom_id": "q11", "prompt": "why? " * 12 + "POISON"})
+    job = submit(env, tiny_model, write_rows(tmp_path / "p.jsonl", rows))
+    crashes = 0
+    while job_status(env, job) not in ("completed", "failed") and crashes < 6:
+        worker = start_worker(*tiny(tiny_model, "--max-batch-rows", "2"), env=env,
+                              faults="crash-on:POISON")
+        wait_for(lambda w=worker: w.proc.poll() is not None
+                 or job_status(env, job) in ("completed", "failed"), what="a crash or the end")
+        crashes += worker.proc.poll() is not None
+        worker.stop()
+    assert crashes == 3
+    assert wait_final(env, job) == "failed"
+    assert check_exactly_once(env, job, [r["custom_id"] for r in rows]) == {
+        "succeeded": 11, "failed": 1, "cancelled": 0}
+    attempts = dict(sql(env, "SELECT custom_id, attempts FROM lines WHERE job_id = :j", j=job))
+    # The poison's batch had one other line at most (two rows a batch), which ran alone once
+    # more; all the others ran once. Counting every line in flight, ten of them ran twice.
+    assert attempts.pop("q11") == 3
+    assert sorted(attempts.values()) in ([1] * 11, [1] * 10 + [2])
+
+
 def test_a_line_that_raises_fails_alone_and_retry_runs_only_it_again(
         env, start_worker, tiny_model, tmp_path):
     rows = rows_of(5, marker_at=1, marker="BADLINE")

@@ -3,6 +3,7 @@ claims are fenced, a line is written once, cancel and retry move exactly what th
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -271,13 +272,21 @@ def test_a_batch_write_stores_every_field_and_names_the_next_batch_in_flight(set
         assert len(session.scalars(select(BatchRun).where(BatchRun.job_id == job_id)).all()) == 2
 
 
-def in_flight(settings: Settings, chunk_id: int) -> list[int] | None:
+def in_flight(settings: Settings, chunk_id: int, column: str = "in_flight") -> list[int] | None:
     import json
 
     with get_engine(settings.database_url).connect() as db:
-        value = db.execute(text("SELECT in_flight FROM chunks WHERE id = :c"),
+        value = db.execute(text(f"SELECT {column} FROM chunks WHERE id = :c"),
                            {"c": chunk_id}).scalar_one()
     return None if value is None else json.loads(value)
+
+
+def marked_running(settings: Settings, chunk_id: int, lines: list[int]) -> None:
+    """Wait for a mark, which the worker sends without waiting for it (PostgreSQL)."""
+    deadline = time.monotonic() + 10
+    while in_flight(settings, chunk_id, "running") != lines:
+        assert time.monotonic() < deadline, "the mark never arrived"
+        time.sleep(0.01)
 
 
 def attempts_of(settings: Settings, job_id: str) -> list[tuple[str, str, int]]:
@@ -381,4 +390,57 @@ def test_batch_writes_on_a_kept_connection_survive_its_loss(pg_url, tmp_path, mo
     assert [tuple(r) for r in rows] == [("c1", "one", 1), ("c2", "two", 1), ("c3", "three", 1),
                                         ("c4", "four", 1)]
     assert job_view(settings, job_id).metrics.batches == 4
+
+    # The marks of batches running have a connection of their own: lost, the next mark says
+    # so (its batch starts after a write instead), and the one after has a new connection.
+    assert store.mark_running(chunk, 1, [d])
+    with get_engine(pg_url).connect() as db:
+        db.execute(text("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE "
+                        "datname = current_database() AND pid <> pg_backend_pid()"))
+    assert not store.mark_running(chunk, 1, [c])
+    assert store.mark_running(chunk, 1, [b])
+    marked_running(settings, chunk.id, [b])
     assert store.finish(chunk, claim.token) is JobStatus.COMPLETED
+
+
+def test_after_a_crash_a_claim_counts_the_attempt_on_the_batch_marked_running_alone(settings):
+    """A write names three batches in flight, the first of them starting; the second is
+    marked running when it starts (PostgreSQL). The worker dies: the next claim counts the
+    attempt on the marked batch's lines alone (the first batch ended, the third never
+    started: both run in batches again). Elsewhere nothing is marked, and every line in flight
+    counts. A mark that is not among the lines in flight, or comes from a dead claim, counts
+    for nothing."""
+    store = Transitions(settings)
+    marks = settings.database_url.startswith("postgres")
+    job_id, (chunk,) = new_job(settings, lines=6)
+    claim = store.claim(chunk.id, "w1", QUEUE)
+    assert not isinstance(claim, str)
+    a, b, c, d, e, f = (line.id for line in claim.lines)
+    store.start_batch(chunk, 1, [a, b, c, d, e, f], starting=[a, b])
+    assert in_flight(settings, chunk.id, "running") == ([a, b] if marks else None)
+    assert store.mark_running(chunk, 1, [c, d])
+    if marks:
+        marked_running(settings, chunk.id, [c, d])
+    expire(settings, chunk.id)  # w1 died running c and d
+    store.requeue_expired(QUEUE)
+    again = store.claim(chunk.id, "w2", QUEUE)
+    assert not isinstance(again, str)
+    assert [(line.custom_id, line.attempts) for line in again.lines] == (
+        [("c1", 0), ("c2", 0), ("c3", 1), ("c4", 1), ("c5", 0), ("c6", 0)] if marks
+        else [(f"c{n}", 1) for n in range(1, 7)])
+    assert in_flight(settings, chunk.id, "running") is None
+
+    # w2 names e and f, starting them; w1's late mark is not w2's; a mark outside the lines
+    # in flight (say, left from an earlier group) is no evidence: both lines in flight count.
+    store.start_batch(chunk, 2, [e, f], starting=[e, f])
+    assert store.mark_running(chunk, 1, [a])
+    if marks:
+        store.mark_running(chunk, 2, [a])
+        marked_running(settings, chunk.id, [a])
+    expire(settings, chunk.id)
+    store.requeue_expired(QUEUE)
+    third = store.claim(chunk.id, "w3", QUEUE)
+    assert not isinstance(third, str)
+    assert [(line.custom_id, line.attempts) for line in third.lines][4:] == (
+        [("c5", 1), ("c6", 1)] if marks else [("c5", 2), ("c6", 2)])
+    store.cancel(job_id)

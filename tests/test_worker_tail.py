@@ -40,9 +40,9 @@ def test_a_chunks_finish_runs_beside_the_next_chunk_which_writes_only_after_it(s
         order.append(("finish", chunk.seq))
         return finish(chunk, token)
 
-    def noted_start(chunk, token, line_ids):
+    def noted_start(chunk, token, line_ids, starting=()):
         order.append(("first write", chunk.seq))
-        return start_batch(chunk, token, line_ids)
+        return start_batch(chunk, token, line_ids, starting)
 
     store.finish, store.start_batch = slow_finish, noted_start
 

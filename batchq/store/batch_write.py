@@ -90,10 +90,12 @@ RUN_COLUMNS = tuple(RUN_TYPES)
 
 def write_batch(db: Connection, chunk: ChunkRef, token: int, worker: str,
                 outcomes: Sequence[Outcome], runs: Sequence[Measured],
-                next_batch: Sequence[int], deduplicated: int, now: datetime) -> JobStatus:
+                next_batch: Sequence[int], deduplicated: int, now: datetime,
+                starting: Sequence[int] = ()) -> JobStatus:
     """Write the batches in the caller's transaction; returns the job's status. Each result
     counts its line's attempt; `next_batch` becomes the chunk's lines in flight (none: the
-    chunk stops or ends) if `token` still holds the chunk."""
+    chunk stops or ends) if `token` still holds the chunk, and on PostgreSQL `starting` (the
+    first of them, the batch about to start) its batch marked running."""
     results = [_result(c) for c in outcomes]
     runs = [run for run in runs if run.rows]
     sums = (len(runs), *(sum(getattr(run, name) for run in runs) for name in (
@@ -107,7 +109,7 @@ def write_batch(db: Connection, chunk: ChunkRef, token: int, worker: str,
     in_flight = in_flight_json(next_batch)
     if _is_one_statement(db.dialect):
         return _in_one_statement(db, chunk, token, worker, results, sums, peak, runs, ended,
-                                 in_flight, started, now)
+                                 in_flight, in_flight_json(starting), started, now)
     if results:
         # One statement for the whole batch, executed over its rows: a round trip per line
         # would cost more than a small model's whole batch (README, Performance).
@@ -121,7 +123,7 @@ def write_batch(db: Connection, chunk: ChunkRef, token: int, worker: str,
             "job_id": chunk.job_id, "chunk_seq": chunk.seq, "worker": worker,
             "finished_at": end, **{name: getattr(run, name) for name in RUN_COLUMNS}}
             for run, end in zip(runs, ended, strict=True)])
-    return start_batch(db, chunk, token, next_batch)
+    return start_batch(db, chunk, token, next_batch, starting)
 
 
 def one_statement(settings: Settings) -> bool:
@@ -145,12 +147,22 @@ def in_flight_json(line_ids: Sequence[int]) -> str | None:
     return json.dumps(list(line_ids), separators=(",", ":")) if line_ids else None
 
 
-def start_batch(db: Connection, chunk: ChunkRef, token: int,
-                line_ids: Sequence[int]) -> JobStatus:
-    """Name the lines about to run as the chunk's lines in flight, if `token` still holds it
-    (in the caller's transaction); returns the job's status."""
+def crashed_lines(in_flight: str | None, running: str | None) -> list[int]:
+    """The lines whose attempt a claim counts, as the last holder left its chunk: the batch it
+    marked running, if that is among its lines in flight, else all of those (which of them
+    was running is not known). The quick claim's SQL says the same."""
+    named = json.loads(in_flight) if in_flight else []
+    marked = json.loads(running) if running else None
+    return marked if marked is not None and set(marked) <= set(named) else named
+
+
+def start_batch(db: Connection, chunk: ChunkRef, token: int, line_ids: Sequence[int],
+                starting: Sequence[int] = ()) -> JobStatus:
+    """Name the lines about to run as the chunk's lines in flight, and on PostgreSQL
+    `starting` as the batch running, if `token` still holds it (in the caller's
+    transaction); returns the job's status."""
     params = {"i_chunk": chunk.id, "i_token": token, "i_lines": in_flight_json(line_ids),
-              "j_id": chunk.job_id}
+              "i_running": in_flight_json(starting), "j_id": chunk.job_id}
     if _is_one_statement(db.dialect):
         return JobStatus(db.execute(IN_FLIGHT_STATEMENT, params).scalar_one())
     db.execute(SET_IN_FLIGHT, params)
@@ -192,10 +204,11 @@ LINE_RESULT = (update(LINES)
                                                                     "finished_at")})
                .values(attempts=_lines.attempts + 1,
                        started_at=func.coalesce(_lines.started_at, bindparam("b_started_at"))))
-# PostgreSQL: the lines in flight and the job's status in one round trip.
+# PostgreSQL: the lines in flight, the batch running, and the job's status in one round trip.
+# (Elsewhere no batch is marked running: a claim after a crash counts all the lines in flight.)
 IN_FLIGHT_STATEMENT = (
     select(JOBS.c.status).where(JOBS.c.id == bindparam("j_id"))
-    .add_cte(SET_IN_FLIGHT.cte("in_flight")))
+    .add_cte(SET_IN_FLIGHT.values(running=bindparam("i_running")).cte("in_flight")))
 
 
 # ---------------------------------------------------------------- PostgreSQL, one statement
@@ -215,7 +228,9 @@ chunk AS (
     UPDATE chunks SET {", ".join(f"{c} = {c} + %(c_{c})s" for c in CHUNK_SUMS)},
                       peak_memory_bytes = GREATEST(peak_memory_bytes, %(peak)s),
                       in_flight = CASE WHEN attempts = %(token)s THEN %(in_flight)s
-                                       ELSE in_flight END
+                                       ELSE in_flight END,
+                      running = CASE WHEN attempts = %(token)s THEN %(running)s
+                                     ELSE running END
     WHERE id = %(chunk)s),
 batch_run AS (
     INSERT INTO batch_runs (job_id, chunk_seq, worker, finished_at, {", ".join(RUN_COLUMNS)})
@@ -230,11 +245,13 @@ SELECT status FROM job
 def _in_one_statement(db: Connection, chunk: ChunkRef, token: int, worker: str,
                       results: list[tuple[Any, tuple[Any, ...]]], sums: tuple[Any, ...],
                       peak: int, runs: Sequence[Measured], ended: list[datetime],
-                      in_flight: str | None, started: datetime, now: datetime) -> JobStatus:
+                      in_flight: str | None, running: str | None, started: datetime,
+                      now: datetime) -> JobStatus:
     params: dict[str, Any] = {
         "job": chunk.job_id, "now": now, "started": started, "chunk": chunk.id,
         "token": token, "seq": chunk.seq, "worker": worker, "peak": peak,
-        "in_flight": in_flight, "ids": [key for key, _ in results], "r_finished_at": ended,
+        "in_flight": in_flight, "running": running, "ids": [key for key, _ in results],
+        "r_finished_at": ended,
         **{f"c_{name}": v for name, v in zip(CHUNK_SUMS, sums, strict=True)},
         **{f"r_{name}": [getattr(run, name) for run in runs] for name in RUN_COLUMNS}}
     columns = list(zip(*(row for _, row in results), strict=True)) or [()] * len(RESULT_COLUMNS)

@@ -86,6 +86,10 @@ class Chunk(Base):
     # their attempts count on their rows when their results are written, or, if the worker
     # died first, at the next claim. One write a group of batches, not one a line.
     in_flight: Mapped[str | None] = mapped_column(Text)
+    # JSON list: of those, the lines of the batch that started last, where the holder marks
+    # each batch (PostgreSQL; batchq.store.running_marker). When it is a part of in_flight, the
+    # next claim after a crash counts their attempts alone: the others never ran or ended.
+    running: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # When its broker message was last sent; NULL if it never was (broker down at submit).

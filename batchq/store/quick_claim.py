@@ -7,7 +7,9 @@ transaction, with the ORM's bookkeeping around them: about 7 ms a chunk under lo
 fast engine's chunk of 256 lines notices (README, Performance). Both claim by the same
 compare-and-set on the chunk's row, and both count an attempt on the lines its last holder
 left in flight. When this one takes nothing, the portable one runs to say
-why (unknown chunk, wrong variant, already final, held by another worker). Only
+why (unknown chunk, wrong variant, already final, held by another worker). Both count the
+attempt on the batch marked running alone when it is among the lines in flight
+(batchq.store.batch_write.crashed_lines). Only
 batchq.store.transitions calls this module.
 """
 
@@ -35,15 +37,20 @@ WITH job AS (
 claimed AS (
     UPDATE chunks SET status = '{ChunkStatus.RUNNING.value}', worker = %(worker)s,
                       attempts = attempts + 1, started_at = %(now)s,
-                      lease_expires_at = %(lease)s, in_flight = NULL
+                      lease_expires_at = %(lease)s, in_flight = NULL, running = NULL
     WHERE id = %(chunk)s AND queue = %(queue)s
       AND (status = '{ChunkStatus.QUEUED.value}' OR lease_expires_at < %(now)s)
       AND (SELECT status FROM job) IN ({_ACTIVE})
     RETURNING id, job_id, seq, first_line, last_line, queue, attempts),
-counted AS (  -- its last holder died with these lines' batches running: each was an attempt
+counted AS (  -- its last holder died with these lines' batch running: each was an attempt
     UPDATE lines SET attempts = attempts + 1
-    WHERE id IN (SELECT value::bigint
-                 FROM chunks, json_array_elements_text(chunks.in_flight::json)
+    WHERE id IN (SELECT value::bigint FROM chunks, json_array_elements_text((
+                     -- the batch marked running, if it is among the lines in flight
+                     CASE WHEN chunks.running IS NOT NULL AND NOT EXISTS (
+                              SELECT 1 FROM json_array_elements_text(chunks.running::json) r
+                              WHERE r.value NOT IN (SELECT value FROM json_array_elements_text(
+                                                        chunks.in_flight::json)))
+                          THEN chunks.running ELSE chunks.in_flight END)::json)
                  WHERE chunks.id = %(chunk)s)
       AND status = '{LineStatus.PENDING.value}' AND EXISTS (SELECT 1 FROM claimed)),
 started AS (

@@ -43,6 +43,7 @@ from batchq.store.batch_write import Measured, Outcome, write_batch
 from batchq.store.database import utcnow
 from batchq.store.models import Chunk, Job, Line
 from batchq.store.reads import describe, find_job, has_lines, select_chunks
+from batchq.store.running_marker import RunningMarker
 from batchq.store.sessions import KeptConnection, changed_rows, session_scope
 from batchq.store.views import ChunkRef, Claim, ClaimedLine, JobView
 
@@ -62,6 +63,7 @@ class Transitions:
         self.settings = settings
         # PostgreSQL's hot path, one statement a transaction: claims and batch writes.
         self._kept = KeptConnection(settings)
+        self._marker = RunningMarker(settings)
 
     # ------------------------------------------------------------ chunks, by their worker
 
@@ -83,17 +85,19 @@ class Transitions:
             assert job is not None
             if job.status.final or chunk.status is ChunkStatus.DONE:
                 return "already final"
-            in_flight = chunk.in_flight  # as the last holder left it
+            # As the last holder left them: if it died, the batch that was running.
+            crashed = batch_write.crashed_lines(chunk.in_flight, chunk.running)
             claim = (
                 update(Chunk)
                 .where(Chunk.id == chunk_id)
                 .where((Chunk.status == ChunkStatus.QUEUED) | (Chunk.lease_expires_at < now))
                 .values(status=ChunkStatus.RUNNING, worker=worker, attempts=Chunk.attempts + 1,
-                        started_at=now, lease_expires_at=self._lease_from(now), in_flight=None))
+                        started_at=now, lease_expires_at=self._lease_from(now), in_flight=None,
+                        running=None))
             if not changed_rows(session, claim):
                 return "held by another worker"
-            if in_flight:  # its worker died with these batches running: each was an attempt
-                session.execute(update(Line).where(Line.id.in_(json.loads(in_flight)),
+            if crashed:  # its worker died with these lines running: each was an attempt
+                session.execute(update(Line).where(Line.id.in_(crashed),
                                                    Line.status == LineStatus.PENDING)
                                 .values(attempts=Line.attempts + 1))
             session.refresh(chunk)
@@ -138,14 +142,22 @@ class Transitions:
 
     # ------------------------------------------------------------ lines, by their worker
 
-    def start_batch(self, chunk: ChunkRef, token: int, line_ids: Sequence[int]) -> JobStatus:
+    def start_batch(self, chunk: ChunkRef, token: int, line_ids: Sequence[int],
+                    starting: Sequence[int] = ()) -> JobStatus:
         """An attempt must be known before its batch runs: a pending line with attempts was in
         a batch that never ended (crash, kill, error). The lines about to run become the
         chunk's lines in flight, which its next claim counts an attempt on if they are still
         pending (batchq.store.batch_write). Returns the job's status; unless it is queued or
-        running (cancelled, expired), the batch should not run."""
+        running (cancelled, expired), the batch should not run. `starting`, the first of
+        them, is the batch that starts now (batchq.store.running_marker)."""
         with self._batch_transaction() as db:
-            return batch_write.start_batch(db, chunk, token, line_ids)
+            return batch_write.start_batch(db, chunk, token, line_ids, starting)
+
+    def mark_running(self, chunk: ChunkRef, token: int, line_ids: Sequence[int]) -> bool:
+        """A batch named in flight by an earlier write starts now: marked without waiting, so
+        that a claim after a crash counts the attempt on its lines alone. False if it could
+        not be: the batch should start after a write that names it (`start_batch`)."""
+        return self._marker.mark(chunk.id, token, line_ids)
 
     def note_error(self, chunk: ChunkRef, token: int, line_ids: Sequence[int],
                    reason: str) -> None:
@@ -165,17 +177,19 @@ class Transitions:
 
     def record_batches(self, chunk: ChunkRef, token: int, worker: str,
                        outcomes: Sequence[Outcome], runs: Sequence[Measured],
-                       next_batch: Sequence[int] = (), deduplicated: int = 0) -> JobStatus:
+                       next_batch: Sequence[int] = (), deduplicated: int = 0,
+                       starting: Sequence[int] = ()) -> JobStatus:
         """Store the lines (each result with its attempt) and metrics of the batches that ran
         since the last write (`runs`, one batch_runs row each) in one commit, and make
         `next_batch` (the lines about to run, and perhaps those of the batches after them)
-        the chunk's lines in flight: one round of the database a write. Returns the job's
+        the chunk's lines in flight, `starting` (the first of them) the batch that starts
+        now: one round of the database a write. Returns the job's
         status: if it is no longer queued or running (cancelled, expired), the chunk should
         stop. `deduplicated` of the outcomes are copies of another line's generation
         (counted, never generated)."""
         with self._batch_transaction() as db:
             return write_batch(db, chunk, token, worker, outcomes, runs, next_batch,
-                               deduplicated, utcnow())
+                               deduplicated, utcnow(), starting)
 
     @contextlib.contextmanager
     def _batch_transaction(self) -> Iterator[Connection]:

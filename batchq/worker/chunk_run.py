@@ -4,10 +4,11 @@ Results are written every BATCHQ_WRITE_SECONDS of batches (or after each batch, 
 takes longer), so progress is visible and a crash makes at most that much run again; each
 line is written only while it is still pending, so a redelivered chunk never doubles one.
 Before a batch starts, the database knows its lines: a write names the lines of the batches
-that will run before the next write as its chunk's lines in flight. Their attempts count
-with their results, or at the next claim if the worker dies first. A line left pending with
-attempts was in a batch that never ended, and runs alone until it succeeds or uses
-BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
+that will run before the next write as its chunk's lines in flight, and each of those
+batches is marked running as it starts (batchq.store.running_marker). Their attempts count
+with their results, or at the next claim if the worker dies first: on the batch marked
+running, or on all the lines in flight where none is. A line left pending with attempts was
+in a batch that never ended, and runs alone until it succeeds or uses BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
 away longer is not the lines' fault: the chunk is left to its lease. A chunk that runs to its
 end leaves its last write and its finish to the worker's tail (batchq.worker.tail), which
 runs them while the next chunk is claimed and encoded.
@@ -110,19 +111,22 @@ class ChunkRun:
 
     def _on_batch(self, keys: list[int], upcoming: list[list[int]]) -> None:
         """Just before a batch starts, the database must know its lines. Where a write named
-        them ahead, it starts at once. Otherwise the results so far, its lines and those of
-        the batches after it that should end within BATCHQ_WRITE_SECONDS go in one commit.
-        If the job was cancelled or expired meanwhile, the batch never starts."""
-        if not self.named_ahead.issuperset(keys):
+        them ahead, it is marked running (without waiting) and starts. Otherwise the results
+        so far, its lines and those of the batches after it that should end within
+        BATCHQ_WRITE_SECONDS go in one commit. If the job was cancelled or expired meanwhile,
+        the batch never starts."""
+        chunk, token = self.claim.chunk, self.claim.token
+        if not (self.named_ahead.issuperset(keys)
+                and self.store.mark_running(chunk, token, keys)):
             # The write replaces the chunk's lines in flight: this batch's and those ahead.
             ahead = self._ahead(upcoming)
             group = keys + ahead
             if not self.unwritten:
                 status = self._patiently("naming the lines about to run", lambda: (
-                    self.store.start_batch(self.claim.chunk, self.claim.token, group)))
+                    self.store.start_batch(chunk, token, group, keys)))
                 self._stop_unless_active(status)
             else:
-                self._flush(next_batch=group)
+                self._flush(next_batch=group, starting=keys)
             self.named_ahead = set(ahead)
         if self.stopped:
             raise _JobStopped
@@ -251,9 +255,11 @@ class ChunkRun:
         elif shutdown_requested.is_set():
             self.stopped = "shutdown"
 
-    def _flush(self, next_batch: list[int] | None = None) -> None:
+    def _flush(self, next_batch: list[int] | None = None,
+               starting: list[int] | None = None) -> None:
         """Write the outputs since the last write; `next_batch` becomes the lines in flight
-        (none: no batch is about to start, and the lines named ahead are named no more)."""
+        (none: no batch is about to start, and the lines named ahead are named no more), and
+        `starting`, the first of them, the batch running."""
         outputs = self.unwritten
         if not outputs:
             return
@@ -261,7 +267,7 @@ class ChunkRun:
         job_status = self._patiently("storing a batch's results", lambda: self.store.record_batches(
             self.claim.chunk, self.claim.token, self.runtime.name,
             [c for o in outputs for c in o.completions], [o.stats for o in outputs],
-            next_batch or (), copies))
+            next_batch or (), copies, starting or ()))
         self.unwritten = []
         if not next_batch:
             self.named_ahead.clear()
