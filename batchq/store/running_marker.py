@@ -55,8 +55,8 @@ class RunningMarker:
             self._check_alive(pgconn)
             # Blocking mode: this returns once the statement is in the socket's hands.
             lines = json.dumps(list(line_ids), separators=(",", ":"))
-            pgconn.send_query_params(MARK, [lines.encode(), str(chunk_id).encode(),
-                                            str(token).encode()])
+            pgconn.send_query_prepared(b"mark", [lines.encode(), str(chunk_id).encode(),
+                                                 str(token).encode()])
             self._local.awaiting = True
             return True
         except (psycopg.Error, OSError, _MarkFailed) as exc:
@@ -71,9 +71,12 @@ class RunningMarker:
             url = make_url(self.settings.database_url).set(drivername="postgresql")
             conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True,
                                    connect_timeout=5)
+            self._local.conn, self._local.awaiting = conn, False  # close() closes it from here
             conn.execute("SET synchronous_commit TO off")
             conn.pgconn.nonblocking = 0  # from here on, only the marks' own calls below
-            self._local.conn, self._local.awaiting = conn, False
+            prepared = conn.pgconn.prepare(b"mark", MARK)  # parsed and planned once
+            if prepared.status != pq.ExecStatus.COMMAND_OK:
+                raise _MarkFailed((prepared.error_message or b"").decode(errors="replace"))
         return conn.pgconn
 
     def _read_last_reply(self, pgconn: pq.abc.PGconn) -> None:
