@@ -151,37 +151,11 @@ def test_injected_out_of_memory_splits_batches_and_fails_only_what_never_fits(
 
 def test_a_poison_line_that_kills_its_worker_fails_alone_after_max_attempts(
         env, start_worker, tiny_model, tmp_path):
-    env = {**env, "BATCHQ_CHUNK_SIZE": "6", "BATCHQ_MAX_ATTEMPTS": "3"}
-    rows = rows_of(6, marker_at=2)
-    job = submit(env, tiny_model, write_rows(tmp_path / "p.jsonl", rows))
-    crashes = 0
-    # The test is the supervisor (as Docker's restart policy would be): restart what dies.
-    while job_status(env, job) not in ("completed", "failed") and crashes < 6:
-        worker = start_worker(*tiny(tiny_model, "--max-batch-rows", "6"), env=env,
-                              faults="crash-on:POISON")
-        wait_for(lambda w=worker: w.proc.poll() is not None
-                 or job_status(env, job) in ("completed", "failed"), what="a crash or the end")
-        crashes += worker.proc.poll() is not None
-        worker.stop()
-    assert crashes == 3
-    assert wait_final(env, job) == "failed"
-    assert check_exactly_once(env, job, [r["custom_id"] for r in rows]) == {
-        "succeeded": 5, "failed": 1, "cancelled": 0}
-    poison = json.loads(batchq("results", job, env=env).stdout.splitlines()[2])
-    assert poison["custom_id"] == "q2"
-    assert poison["error"]["message"].startswith(
-        "gave up after 3 attempts: the worker running it stopped each time")
-    attempts = dict(sql(env, "SELECT custom_id, attempts FROM lines WHERE job_id = :j", j=job))
-    # The first crash took a batch of all six; after it each suspect ran alone.
-    assert attempts == {"q0": 2, "q1": 2, "q2": 3, "q3": 2, "q4": 2, "q5": 2}
-
-
-def test_a_crash_in_a_group_of_batches_runs_alone_only_the_batch_that_was_running(
-        env, start_worker, tiny_model, tmp_path):
-    """One write names the batches of the next 5 s (once a worker has timed a batch); the
-    poison line's batch starts without a write of its own, marked running. The crash counts
-    an attempt on that batch alone: only its lines run alone after it, and the batches before
-    and after it run again as batches."""
+    """The worker is restarted after each crash, as a supervisor would. One write names the
+    batches of the next 5 s (once a worker has timed a batch); the poison line's batch starts
+    without a write of its own, marked running. Each crash counts an attempt on that batch
+    alone: only its lines run alone after it, the batches before and after it run again as
+    batches, and the poison line fails after BATCHQ_MAX_ATTEMPTS crashes."""
     env = {**env, "BATCHQ_CHUNK_SIZE": "12", "BATCHQ_MAX_ATTEMPTS": "3",
            "BATCHQ_WRITE_SECONDS": "5"}
     # By length the poison sits between six short lines and five long ones: in the third
@@ -203,6 +177,10 @@ def test_a_crash_in_a_group_of_batches_runs_alone_only_the_batch_that_was_runnin
     assert wait_final(env, job) == "failed"
     assert check_exactly_once(env, job, [r["custom_id"] for r in rows]) == {
         "succeeded": 11, "failed": 1, "cancelled": 0}
+    poison = json.loads(batchq("results", job, env=env).stdout.splitlines()[11])
+    assert poison["custom_id"] == "q11"
+    assert poison["error"]["message"].startswith(
+        "gave up after 3 attempts: the worker running it stopped each time")
     attempts = dict(sql(env, "SELECT custom_id, attempts FROM lines WHERE job_id = :j", j=job))
     # The poison's batch had one other line at most (two rows a batch), which ran alone once
     # more; all the others ran once. Counting every line in flight, nine ran twice.

@@ -8,10 +8,11 @@ that will run before the next write as its chunk's lines in flight, and each of 
 batches is marked running as it starts (batchq.store.running_marker). Their attempts count
 with their results, or at the next claim if the worker dies first: on the batch marked
 running, or on all the lines in flight where none is. A line left pending with attempts was
-in a batch that never ended, and runs alone until it succeeds or uses BATCHQ_MAX_ATTEMPTS. Database outages are waited out (`retrying`); a database that stays
-away longer is not the lines' fault: the chunk is left to its lease. A chunk that runs to its
-end leaves its last write and its finish to the worker's tail (batchq.worker.tail), which
-runs them while the next chunk is claimed and encoded.
+in a batch that never ended, and runs alone until it succeeds or uses BATCHQ_MAX_ATTEMPTS.
+Database outages are waited out (`retrying`); a database that stays away longer is not the
+lines' fault: the chunk is left to its lease. A chunk that runs to its end leaves its last
+write and its finish to the worker's tail (batchq.worker.tail), which runs them while the
+next chunk is claimed and encoded.
 """
 
 from __future__ import annotations
