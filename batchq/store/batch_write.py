@@ -143,8 +143,13 @@ def _ends(runs: Sequence[Measured], now: datetime) -> list[datetime]:
     return ends[::-1]
 
 
+def ids_json(line_ids: Sequence[int]) -> str:
+    """Line ids as the JSON list `chunks.in_flight` and `chunks.running` hold."""
+    return json.dumps(list(line_ids), separators=(",", ":"))
+
+
 def in_flight_json(line_ids: Sequence[int]) -> str | None:
-    return json.dumps(list(line_ids), separators=(",", ":")) if line_ids else None
+    return ids_json(line_ids) if line_ids else None
 
 
 def crashed_lines(in_flight: str | None, running: str | None) -> list[int]:

@@ -18,7 +18,6 @@ no batch is marked, and a claim after a crash counts all the lines in flight.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -54,9 +53,8 @@ class RunningMarker:
             self._read_last_reply(pgconn)
             self._check_alive(pgconn)
             # Blocking mode: this returns once the statement is in the socket's hands.
-            lines = json.dumps(list(line_ids), separators=(",", ":"))
-            pgconn.send_query_prepared(b"mark", [lines.encode(), str(chunk_id).encode(),
-                                                 str(token).encode()])
+            pgconn.send_query_prepared(b"mark", [batch_write.ids_json(line_ids).encode(),
+                                                 str(chunk_id).encode(), str(token).encode()])
             self._local.awaiting = True
             return True
         except (psycopg.Error, OSError, _MarkFailed) as exc:

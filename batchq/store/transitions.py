@@ -183,10 +183,9 @@ class Transitions:
         since the last write (`runs`, one batch_runs row each) in one commit, and make
         `next_batch` (the lines about to run, and perhaps those of the batches after them)
         the chunk's lines in flight, `starting` (the first of them) the batch that starts
-        now: one round of the database a write. Returns the job's
-        status: if it is no longer queued or running (cancelled, expired), the chunk should
-        stop. `deduplicated` of the outcomes are copies of another line's generation
-        (counted, never generated)."""
+        now: one round of the database a write. Returns the job's status: if it is no longer
+        queued or running (cancelled, expired), the chunk should stop. `deduplicated` of the
+        outcomes are copies of another line's generation (counted, never generated)."""
         with self._batch_transaction() as db:
             return write_batch(db, chunk, token, worker, outcomes, runs, next_batch,
                                deduplicated, utcnow(), starting)
