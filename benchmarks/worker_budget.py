@@ -87,12 +87,15 @@ TIMED = [
     ("batchq.worker.leases", "LeaseKeeper", "__enter__", "lease"),
     ("batchq.worker.leases", "LeaseKeeper", "__exit__", "lease"),
     ("celery", "Task", "send_event", "progress"),
+    # The task's body: not a step of its own, but where "the rest" is spent, around it or in it.
+    ("batchq.worker.task", None, "handle_chunk", "task"),
 ]
 
 
 def timed_functions() -> list[tuple[Any, str, str]]:
-    """(class, function name, step) for each of TIMED, imported."""
-    return [(getattr(importlib.import_module(module), owner), name, step)
+    """(class or module, function name, step) for each of TIMED, imported."""
+    return [(getattr(importlib.import_module(module), owner) if owner
+             else importlib.import_module(module), name, step)
             for module, owner, name, step in TIMED]
 
 
@@ -162,17 +165,29 @@ def print_split(text: str) -> None:
             if started <= t <= started + seconds + 0.001:
                 inside[step] += s
         row = {column: sum(inside[step] for step in steps) for column, steps in STEPS}
-        row["the rest"] = seconds - sum(row.values())
+        rest = seconds - sum(row.values())
+        tasks = [(t, t + s) for t, s, step in events
+                 if step == "task" and started <= t <= started + seconds]
+        if tasks:  # the rest, split by where the worker was: before, between or after its tasks
+            row["to 1st chunk"] = tasks[0][0] - started - inside["submit"]
+            row["between"] = sum(b[0] - a[1] for a, b in zip(tasks, tasks[1:], strict=False))
+            row["after last"] = started + seconds - tasks[-1][1]
+            rest -= row["to 1st chunk"] + row["between"] + row["after last"]
+        row["rest in chunks"] = rest
         rows.append((seconds, row))
-    columns = [column for column, _ in STEPS] + ["the rest"]
-    print("\nwhere each job's seconds went (s; 'the rest': the worker between its steps, "
-          "and Celery between the chunks)")
+    columns = [column for column, _ in STEPS] + [
+        c for c in ("to 1st chunk", "between", "after last") if rows and c in rows[0][1]]
+    columns.append("rest in chunks")
+    print("\nwhere each job's seconds went (s): the steps, then the rest by where the worker "
+          "was: from submit's end to its first chunk's task, between its tasks (Celery), after "
+          "its last task (the last tail), and in its chunks between their steps")
     print(f"{'job':>7} " + " ".join(f"{c:>11}" for c in columns))
     for seconds, row in rows:
-        print(f"{seconds:7.3f} " + " ".join(f"{row[c]:11.3f}" for c in columns))
+        print(f"{seconds:7.3f} " + " ".join(f"{row.get(c, 0.0):11.3f}" for c in columns))
     if len(rows) > 1:
         print(f"{statistics.median(s for s, _ in rows):7.3f} "
-              + " ".join(f"{statistics.median(r[c] for _, r in rows):11.3f}" for c in columns)
+              + " ".join(f"{statistics.median(r.get(c, 0.0) for _, r in rows):11.3f}"
+                       for c in columns)
               + "  (medians)")
 
 
