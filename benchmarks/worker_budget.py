@@ -9,8 +9,11 @@ worker is this module in `--worker` mode: the real `batchq worker`, with a timer
 step of a chunk (the claim, reading the claimed lines, encoding and planning the prompts, the
 model's batches, each batch's write, the finish, starting and stopping the lease keeper, the
 progress events). Then it prints, for every timed job, how its seconds from submit to the end
-the database records split into those steps, and the median of each over the jobs. The timers
-only wrap functions (a few microseconds a call); nothing the worker does changes. Set
+the database records split into those steps, and the median of each over the jobs. What no
+step covers is split by where the worker was: before its first chunk's task, between its tasks
+(Celery's hop from one message to the next), after its last task (the last chunk's tail), and
+inside its tasks between their steps. The timers only wrap functions (a few microseconds a
+call); nothing the worker does changes. Set
 BATCHQ_DATABASE_URL and BATCHQ_BROKER_URL for PostgreSQL + Redis, as for `batchq bench
 --system`; without them, the bench's throwaway embedded store and broker are used.
 """

@@ -166,25 +166,30 @@ def test_worker_budget_times_functions_that_exist_and_splits_each_job_by_them(ca
     assert budget.timed_worker_command(bench)[3:] == [
         "--worker", "--model", "./tiny", "--quant", "none", "--strategy", "static",
         "--loglevel", "INFO"]
-    timed = {step for *_, step in budget.TIMED} | {"submit"}  # the bench itself times the submit
+    # The bench itself times the submit; the task's body only splits what no step covers.
+    timed = {step for *_, step in budget.TIMED} - {"task"} | {"submit"}
     assert {step for _, steps in budget.STEPS for step in steps} == timed
 
     def job(at: float, batch: float) -> list[str]:
-        return [f"{at} 2.0 job", f"{at} 0.1 submit", f"{at + 0.1} 0.05 claim",
-                f"{at + 0.15} 0.1 encode", f"{at + 0.25} 0.02 plan",
-                f"{at + 0.27} 0.01 first lines in flight", f"{at + 0.3} {batch} batch",
-                f"{at + 1.5} 0.3 batch", f"{at + 1.8} 0.1 write", f"{at + 1.95} 0.02 finish"]
+        return [f"{at} 2.0 job", f"{at} 0.1 submit", f"{at + 0.11} 0.9 task",
+                f"{at + 0.11} 0.05 claim", f"{at + 0.16} 0.1 encode", f"{at + 0.26} 0.02 plan",
+                f"{at + 0.28} 0.01 first lines in flight", f"{at + 0.3} {batch} batch",
+                f"{at + 1.03} 0.94 task", f"{at + 1.5} 0.3 batch", f"{at + 1.8} 0.1 write",
+                f"{at + 1.95} 0.02 finish"]
 
     # Two jobs, and a worker's step after the first one's end that is not part of it.
     budget.print_split("\n".join([*job(100.0, 1.2), "102.5 0.4 batch", *job(200.0, 1.0)]) + "\n")
     *_, header, first, second, medians = capsys.readouterr().out.splitlines()
     assert header.split() == ["job", "submit", "claim", "encode+plan", "batches", "writes",
-                              "finish", "lines", "in", "lease", "progress", "the", "rest"]
+                              "finish", "lines", "in", "lease", "progress", "to", "1st", "chunk",
+                              "between", "after", "last", "rest", "in", "chunks"]
     # 2.0 s each: 0.1 submit, 0.05 claim, 0.12 encoding and planning, the batches, 0.11 of
-    # writes (a batch's and the first lines in flight), 0.02 finish, and the rest what is left.
+    # writes (a batch's and the first lines in flight), 0.02 finish; of what is left, 0.01
+    # from submit's end to the first task, 0.02 between the two tasks, 0.03 after the last.
     assert first.split() == ["2.000", "0.100", "0.050", "0.120", "1.500", "0.110", "0.020",
-                             "0.000", "0.000", "0.000", "0.100"]
+                             "0.000", "0.000", "0.000", "0.010", "0.020", "0.030", "0.040"]
     assert second.split() == ["2.000", "0.100", "0.050", "0.120", "1.300", "0.110", "0.020",
-                              "0.000", "0.000", "0.000", "0.300"]
+                              "0.000", "0.000", "0.000", "0.010", "0.020", "0.030", "0.240"]
     assert medians.split() == ["2.000", "0.100", "0.050", "0.120", "1.400", "0.110", "0.020",
-                               "0.000", "0.000", "0.000", "0.200", "(medians)"]
+                               "0.000", "0.000", "0.000", "0.010", "0.020", "0.030", "0.140",
+                               "(medians)"]
