@@ -58,15 +58,30 @@ class GenerationSettings:
                model: Mapping[str, Any] | None = None) -> GenerationSettings:
         """A line's own settings override the job's, which override the model's (with
         `--sampling model`), which override the defaults."""
-        values = {**{k: v for k, v in (model or {}).items() if v is not None},
-                  **{k: v for k, v in job.items() if v is not None}, **line}
+        return cls.over(cls.base(job, model), line)
+
+    @staticmethod
+    def base(job: Mapping[str, Any], model: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The job's settings over the model's, the unset left out: what each of a job's lines
+        starts from (`over`). A worker takes it once a chunk, not once a line."""
+        return {k: v for part in (model or {}, job) for k, v in part.items()
+                if v is not None and k in _SETTING_NAMES}
+
+    @classmethod
+    def over(cls, base: Mapping[str, Any], line: Mapping[str, Any]) -> GenerationSettings:
+        """A line's own settings over `base` (from `base`)."""
+        values = {**base, **{k: v for k, v in line.items() if k in _SETTING_NAMES}}
         if "stop" in values:
             values["stop"] = tuple(values["stop"])
         if isinstance(values.get("json_schema"), dict):
             # Key order kept: the output's properties come in the schema's order.
             values["json_schema"] = json.dumps(values["json_schema"])
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**values)
+
+
+# Read once: dataclasses.fields() walks the class each call, and a worker merges the settings
+# of every line it claims (it was 60% of reading a claimed chunk's requests).
+_SETTING_NAMES = frozenset(f.name for f in fields(GenerationSettings))
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,11 @@ def _gave_up(attempts: int, last_error: str | None) -> str:
     return f"gave up after {attempts} attempts: {why}"
 
 
-def _prompt(job_settings: dict[str, Any], line: ClaimedLine,
-            model_sampling: dict[str, Any] | None) -> PromptIn:
+def _prompt(base: dict[str, Any], line: ClaimedLine) -> PromptIn:
+    """The line's request as the engine takes it; `base` is its job's settings
+    (GenerationSettings.base)."""
     request = Request.from_row(line.custom_id, line.kind, line.request)
-    settings = GenerationSettings.merged(job_settings, request.params, model_sampling)
+    settings = GenerationSettings.over(base, request.params)
     return PromptIn(line.id, request.messages, request.text, settings, tools=request.tools)
 
 
@@ -64,8 +65,8 @@ class ChunkRun:
         # `--sampling model`: the model's recommended settings under the job's and the lines'.
         model_sampling = (runtime.engine.recommended_sampling()
                           if claim.job_settings.get("sampling") == "model" else None)
-        self.prompts = {line.id: _prompt(claim.job_settings, line, model_sampling)
-                        for line in claim.lines}
+        base = GenerationSettings.base(claim.job_settings, model_sampling)
+        self.prompts = {line.id: _prompt(base, line) for line in claim.lines}
         # Identical greedy lines (same stored request under the same job settings: the same
         # rendered prompt) are generated once; each copy gets the first one's output.
         self.copies: dict[int, list[int]] = {}
