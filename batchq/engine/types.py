@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -46,7 +47,7 @@ class GenerationSettings:
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
                 or self.frequency_penalty != 0.0)
 
-    @property
+    @cached_property  # the engine groups every prompt by it; `replace` walks the fields
     def sampling(self) -> GenerationSettings:
         """Everything but the output limit, thinking (which changes only a prompt and how its
         output is read), the schema and the tool choice (each row has its own grammar):

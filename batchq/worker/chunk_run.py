@@ -44,11 +44,21 @@ def _gave_up(attempts: int, last_error: str | None) -> str:
     return f"gave up after {attempts} attempts: {why}"
 
 
-def _prompt(base: dict[str, Any], line: ClaimedLine) -> PromptIn:
+def _prompt(base: dict[str, Any], line: ClaimedLine,
+            seen: dict[Any, GenerationSettings]) -> PromptIn:
     """The line's request as the engine takes it; `base` is its job's settings
-    (GenerationSettings.base)."""
+    (GenerationSettings.base). Lines with the same settings of their own share one settings
+    object (`seen`, one a chunk), whose `sampling` the engine then works out once."""
     request = Request.from_row(line.custom_id, line.kind, line.request)
-    settings = GenerationSettings.over(base, request.params)
+    try:
+        key: Any = tuple(request.params.items())
+        settings = seen.get(key)
+    except TypeError:  # a list or an object among them (stop, a schema): not shared
+        key, settings = None, None
+    if settings is None:
+        settings = GenerationSettings.over(base, request.params)
+        if key is not None:
+            seen[key] = settings
     return PromptIn(line.id, request.messages, request.text, settings, tools=request.tools)
 
 
@@ -66,7 +76,8 @@ class ChunkRun:
         model_sampling = (runtime.engine.recommended_sampling()
                           if claim.job_settings.get("sampling") == "model" else None)
         base = GenerationSettings.base(claim.job_settings, model_sampling)
-        self.prompts = {line.id: _prompt(base, line) for line in claim.lines}
+        seen: dict[Any, GenerationSettings] = {}
+        self.prompts = {line.id: _prompt(base, line, seen) for line in claim.lines}
         # Identical greedy lines (same stored request under the same job settings: the same
         # rendered prompt) are generated once; each copy gets the first one's output.
         self.copies: dict[int, list[int]] = {}
