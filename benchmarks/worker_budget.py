@@ -13,9 +13,9 @@ the database records split into those steps, and the median of each over the job
 step covers is split by where the worker was: before its first chunk's task, between its tasks
 (Celery's hop from one message to the next), after its last task (the last chunk's tail), and
 inside its tasks between their steps. The timers only wrap functions (a few microseconds a
-call); nothing the worker does changes. Set
-BATCHQ_DATABASE_URL and BATCHQ_BROKER_URL for PostgreSQL + Redis, as for `batchq bench
---system`; without them, the bench's throwaway embedded store and broker are used.
+call); nothing the worker does changes. Set BATCHQ_DATABASE_URL and BATCHQ_BROKER_URL for
+PostgreSQL + Redis, as for `batchq bench --system`; without them, the bench's throwaway
+embedded store and broker are used.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class GenerationSettings:
 
     @classmethod
     def over(cls, base: Mapping[str, Any], line: Mapping[str, Any]) -> GenerationSettings:
-        """A line's own settings over `base` (from `base`)."""
+        """A line's own settings over its job's (`base`)."""
         values = {**base, **{k: v for k, v in line.items() if k in _SETTING_NAMES}}
         if "stop" in values:
             values["stop"] = tuple(values["stop"])

@@ -51,6 +51,8 @@ def _prompt(base: dict[str, Any], line: ClaimedLine,
     object (`seen`, one a chunk), whose `sampling` the engine then works out once."""
     request = Request.from_row(line.custom_id, line.kind, line.request)
     try:
+        # Stored params were checked at submit, each field to one type (formats.fields), so
+        # equal keys (2 and 2.0 are equal) cannot hide settings of different types.
         key: Any = tuple(request.params.items())
         settings = seen.get(key)
     except TypeError:  # a list or an object among them (stop, a schema): not shared
