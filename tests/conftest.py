@@ -83,6 +83,14 @@ def sql(env: dict[str, str], query: str, **params: object) -> list:
         engine.dispose()
 
 
+def stored_status(env: dict[str, str], job: str) -> str:
+    """A job's status in the database: what a wait polls. Each `batchq` process costs most of a
+    second of CPU, which the workers under test need, and a wait polls up to once a second;
+    the test then reads what it asserts with the CLI, as a user would."""
+    status: str = sql(env, "SELECT status FROM jobs WHERE id = :j", j=job)[0][0]
+    return status
+
+
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from batchq.testing import check_exactly_once
-from tests.conftest import batchq, sql, wait_for
+from tests.conftest import batchq, sql, stored_status, wait_for
 
 pytestmark = [pytest.mark.fault]
 
@@ -107,8 +107,9 @@ def test_skip_invalid_runs_the_good_lines_and_records_each_bad_one(services_env,
         f"  {path}:2: invalid JSON: Expecting ',' delimiter (column 15)",
         f"  {path}:4: duplicate custom_id 'dup' (first used on line 3)",
         f"  {path}:5: not valid UTF-8 (byte 16)"]
-    wait_for(lambda: json.loads(batchq("status", job, "--json", env=services_env).stdout)
-             ["status"] == "failed", what="the job")
+    wait_for(lambda: stored_status(services_env, job) == "failed", what="the job")
+    assert json.loads(batchq("status", job, "--json", env=services_env).stdout)[
+        "status"] == "failed"
     ids = ["line-1", "line-2", "dup", "dup", "line-5", "line-6"]
     assert check_exactly_once(services_env, job, ids) == {
         "succeeded": 3, "failed": 3, "cancelled": 0}
@@ -138,8 +139,9 @@ def test_bom_crlf_blank_lines_unicode_and_nul_are_accepted_and_given_back(
     res = batchq("submit", str(path), "--model", str(tiny_model), env=services_env)
     assert res.returncode == 0, res.stderr
     job = res.stdout.strip()
-    wait_for(lambda: json.loads(batchq("status", job, "--json", env=services_env).stdout)
-             ["status"] == "completed", what="the job")
+    wait_for(lambda: stored_status(services_env, job) == "completed", what="the job")
+    assert json.loads(batchq("status", job, "--json", env=services_env).stdout)[
+        "status"] == "completed"
     ids = [r["custom_id"] for r in rows]
     check_exactly_once(services_env, job, ids)  # the ids come back exactly, NUL and all
     stored = sql(services_env, "SELECT request FROM lines WHERE job_id = :job ORDER BY line_no",

@@ -9,7 +9,7 @@ import pytest
 
 from batchq.engine import Engine, GenerationSettings, PromptIn
 from batchq.variants import resolve
-from tests.conftest import batchq, wait_for
+from tests.conftest import batchq, stored_status, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
@@ -252,18 +252,19 @@ def test_routing_int8_and_nf4_workers(services_env, start_worker, shared_worker,
 
     assert "queue " + resolve(model, "none").queue in shared_worker.text()  # none's worker
     int8_job, none_job = submit("int8"), submit("none")
-    wait_for(lambda: state(none_job)["status"] == "completed", what="the none job")
+    wait_for(lambda: stored_status(services_env, none_job) == "completed", what="the none job")
     waiting = state(int8_job)
     assert waiting["status"] == "queued" and waiting["counts"]["pending"] == 4
     assert waiting["queue"].endswith(".int8")
 
     int8_worker = start_worker("--model", model, "--quant", "int8", env=services_env)
     assert "queue " + waiting["queue"] in int8_worker.text()
-    wait_for(lambda: state(int8_job)["status"] == "completed", what="the int8 job")
+    wait_for(lambda: stored_status(services_env, int8_job) == "completed", what="the int8 job")
 
     nf4_job = submit("nf4")
     start_worker("--model", model, "--quant", "nf4", env=services_env)
-    wait_for(lambda: state(nf4_job)["status"] == "completed", what="the nf4 job")
+    wait_for(lambda: stored_status(services_env, nf4_job) == "completed", what="the nf4 job")
+    assert state(int8_job)["status"] == state(nf4_job)["status"] == "completed"
     for job in (int8_job, nf4_job):
         lines = batchq("results", job, env=services_env).stdout.splitlines()
         assert [json.loads(x)["status"] for x in lines] == ["succeeded"] * 4

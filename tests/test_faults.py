@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from batchq.testing import check_exactly_once
-from tests.conftest import BATCHQ, batchq, sql, wait_for
+from tests.conftest import BATCHQ, batchq, sql, stored_status, wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.services]
 
@@ -53,12 +53,15 @@ def succeeded(env, job):
 
 
 def job_status(env, job):
+    """The job's status as `batchq status --json` shows it."""
     return json.loads(batchq("status", job, "--json", env=env).stdout)["status"]
 
 
 def wait_final(env, job, timeout=180):
-    return wait_for(lambda: job_status(env, job) in ("completed", "failed", "cancelled")
-                    and job_status(env, job), timeout=timeout, what=f"job {job} to finish")
+    """Wait for the job to end; its final status as `batchq status` shows it."""
+    wait_for(lambda: stored_status(env, job) in ("completed", "failed", "cancelled"),
+             timeout=timeout, what=f"job {job} to finish")
+    return job_status(env, job)
 
 
 def tiny(tiny_model, *extra):
@@ -166,11 +169,12 @@ def test_a_poison_line_that_kills_its_worker_fails_alone_after_max_attempts(
     rows.append({"custom_id": "q11", "prompt": "why? " * 12 + "POISON"})
     job = submit(env, tiny_model, write_rows(tmp_path / "p.jsonl", rows))
     crashes = 0
-    while job_status(env, job) not in ("completed", "failed") and crashes < 6:
+    while stored_status(env, job) not in ("completed", "failed") and crashes < 6:
         worker = start_worker(*tiny(tiny_model, "--max-batch-rows", "2"), env=env,
                               faults="crash-on:POISON")
         wait_for(lambda w=worker: w.proc.poll() is not None
-                 or job_status(env, job) in ("completed", "failed"), what="a crash or the end")
+                 or stored_status(env, job) in ("completed", "failed"),
+                 what="a crash or the end")
         crashes += worker.proc.poll() is not None
         worker.stop()
     assert crashes == 3

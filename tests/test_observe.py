@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BATCHQ, IN_CI, batchq, free_port, scrape, wait_for
+from tests.conftest import BATCHQ, IN_CI, batchq, free_port, scrape, stored_status, wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Where the README's screenshot comes from: `BATCHQ_SCREENSHOTS=tests/screenshots pytest
@@ -139,8 +139,10 @@ def test_a_job_seen_in_flower_metrics_watch_and_report(services_env, tiny_model,
         hold.unlink()  # let it run on
 
         assert batchq("status", job, "--json", env=env).returncode == 0
-        wait_for(lambda: json.loads(batchq("status", job, "--json", env=env).stdout)["status"]
-                 == "completed", timeout=120, what="the job to complete")
+        wait_for(lambda: stored_status(env, job) == "completed", timeout=120,
+                 what="the job to complete")
+        assert json.loads(batchq("status", job, "--json", env=env).stdout)[
+            "status"] == "completed"
 
         # Flower's search finds all five chunk tasks of this job, each with its summary.
         def all_chunks_succeeded():
