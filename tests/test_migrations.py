@@ -114,6 +114,44 @@ def test_upgrading_a_database_with_jobs_keeps_every_row_and_gives_chunks_their_q
     assert diff(url) == []
 
 
+def test_deleting_a_job_deletes_its_lines_and_the_last_migration_goes_both_ways(
+        empty_database):
+    """Lines have no foreign key to their job (migration 0014: it was a third of COPY's work
+    on PostgreSQL); a trigger on jobs deletes a deleted job's lines instead, as the key's
+    cascade did, and only that job's. Migration 0014 goes down and up again keeping every row,
+    and the trigger survives it."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from batchq.store.migrate import alembic_config
+
+    url = empty_database
+    assert upgrade(url) == head_revision()
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        for job in ("a" * 32, "b" * 32):
+            conn.execute(text(
+                "INSERT INTO jobs (id, model, quant, queue, status, settings, total_lines, "
+                "total_chunks, created_at) VALUES (:id, 'm', 'none', 'q', 'queued', '{}', "
+                "2, 1, CURRENT_TIMESTAMP)"), {"id": job})
+            for n in (1, 2):
+                conn.execute(text(
+                    "INSERT INTO lines (job_id, line_no, chunk_seq, custom_id, kind, request, "
+                    "status, attempts, created_at) VALUES (:job, :n, 1, :c, 'prompt', '{}', "
+                    "'pending', 0, CURRENT_TIMESTAMP)"), {"job": job, "n": n, "c": f"c{n}"})
+    for revision in ("0013", "head"):
+        with engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            (command.downgrade if revision == "0013" else command.upgrade)(cfg, revision)
+    assert diff(url) == []
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": "a" * 32})
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT job_id, line_no FROM lines ORDER BY line_no")).all()
+    assert left == [("b" * 32, 1), ("b" * 32, 2)]
+
+
 def test_the_head_read_from_the_files_is_alembics_head():
     """The schema check reads the head without Alembic (it is cheaper); both must agree."""
     from alembic.script import ScriptDirectory

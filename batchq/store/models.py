@@ -18,7 +18,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
@@ -114,17 +113,18 @@ class Line(Base):
     __tablename__ = "lines"
     __table_args__ = (
         UniqueConstraint("job_id", "line_no"),
-        # Ids of accepted lines are unique; a refused line keeps the id it had, even a duplicate.
-        Index("uq_lines_job_id_custom_id", "job_id", "custom_id", unique=True,
-              postgresql_where=text(f"kind <> '{LineKind.INVALID.value}'"),
-              sqlite_where=text(f"kind <> '{LineKind.INVALID.value}'")),
         CheckConstraint(one_of(LineStatus), name="status"),
         Index("ix_lines_job_id_status", "job_id", "status"),
         Index("ix_lines_job_id_chunk_seq", "job_id", "chunk_seq"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # No foreign key, and no unique index on (job_id, custom_id): submit stores a job's lines
+    # in the transaction that creates the job, after checking that accepted lines' ids are
+    # unique (a refused line keeps its id, even a duplicate), and those two checks, made
+    # again for each row, were half of PostgreSQL's work in a big COPY (migration 0014). A
+    # trigger on jobs deletes a deleted job's lines, as the key's cascade did.
+    job_id: Mapped[str] = mapped_column(String(32))
     line_no: Mapped[int] = mapped_column(Integer)  # 1-based line number in the input file
     chunk_seq: Mapped[int] = mapped_column(Integer)  # the seq of the chunk that runs it
     custom_id: Mapped[str] = mapped_column(SafeText)
