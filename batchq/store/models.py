@@ -123,7 +123,9 @@ class Line(Base):
     # in the transaction that creates the job, after checking that accepted lines' ids are
     # unique (a refused line keeps its id, even a duplicate), and those two checks, made
     # again for each row, were half of PostgreSQL's work in a big COPY (migration 0014). A
-    # trigger on jobs deletes a deleted job's lines, as the key's cascade did.
+    # trigger on jobs deletes a deleted job's lines, as the key's cascade did. (SQLite drops
+    # a table's triggers with it: a later migration that rebuilds jobs there must create it
+    # again, or tests/test_migrations.py says so.)
     job_id: Mapped[str] = mapped_column(String(32))
     line_no: Mapped[int] = mapped_column(Integer)  # 1-based line number in the input file
     chunk_seq: Mapped[int] = mapped_column(Integer)  # the seq of the chunk that runs it
