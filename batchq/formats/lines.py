@@ -67,9 +67,11 @@ def openai_kind(url: str) -> LineKind | None:
     return OPENAI_URLS.get(url if url.startswith("/v1/") else "/v1" + url)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
-    """One validated input line, normalised. Stored as JSON; never sent through the broker."""
+    """One validated input line, normalised. Stored as JSON; never sent through the broker.
+    Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, and
+    submit builds one a line, a million for a big file."""
 
     custom_id: str
     kind: LineKind
