@@ -72,6 +72,33 @@ def empty_database(request, tmp_path):
     admin.dispose()
 
 
+def _alembic(url, step, revision):
+    """Alembic's upgrade or downgrade (`step`) to `revision`, on one connection of ours."""
+    from batchq.store.migrate import alembic_config
+
+    with get_engine(url).begin() as conn:
+        cfg = alembic_config(url)
+        cfg.attributes["connection"] = conn
+        step(cfg, revision)
+
+
+def _add_job(conn, job, queue, *, lines, chunks):
+    """A queued job with `lines` pending lines in chunk 1, in SQL: the columns every revision
+    since 0001 has."""
+    from sqlalchemy import text
+
+    conn.execute(text(
+        "INSERT INTO jobs (id, model, quant, queue, status, settings, total_lines, "
+        "total_chunks, created_at) VALUES (:id, 'm', 'none', :queue, 'queued', '{}', "
+        ":lines, :chunks, CURRENT_TIMESTAMP)"),
+        {"id": job, "queue": queue, "lines": lines, "chunks": chunks})
+    for n in range(1, lines + 1):
+        conn.execute(text(
+            "INSERT INTO lines (job_id, line_no, chunk_seq, custom_id, kind, request, status, "
+            "attempts, created_at) VALUES (:job, :n, 1, :c, 'prompt', '{}', 'pending', 0, "
+            "CURRENT_TIMESTAMP)"), {"job": job, "n": n, "c": f"c{n}"})
+
+
 def test_upgrading_a_database_with_jobs_keeps_every_row_and_gives_chunks_their_queue(
         empty_database):
     """Jobs stored before an upgrade keep all their lines and chunks (SQLite rebuilds a table
@@ -80,24 +107,12 @@ def test_upgrading_a_database_with_jobs_keeps_every_row_and_gives_chunks_their_q
     from alembic import command
     from sqlalchemy import text
 
-    from batchq.store.migrate import alembic_config
-
     url = empty_database
     engine = get_engine(url)
-    with engine.begin() as conn:
-        cfg = alembic_config(url)
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0004")
+    _alembic(url, command.upgrade, "0004")
     with engine.begin() as conn:
         for job, queue in (("a" * 32, "batchq.one.none"), ("b" * 32, "batchq.two.nf4")):
-            conn.execute(text(
-                "INSERT INTO jobs (id, model, quant, queue, status, settings, total_lines, "
-                "total_chunks, created_at) VALUES (:id, 'm', 'none', :queue, 'queued', '{}', "
-                "1, 2, CURRENT_TIMESTAMP)"), {"id": job, "queue": queue})
-            conn.execute(text(
-                "INSERT INTO lines (job_id, line_no, chunk_seq, custom_id, kind, request, status, "
-                "attempts, created_at) VALUES (:job, 1, 1, 'c1', 'prompt', '{}', 'pending', 0, "
-                "CURRENT_TIMESTAMP)"), {"job": job})
+            _add_job(conn, job, queue, lines=1, chunks=2)
             for seq in (1, 2):
                 conn.execute(text(
                     "INSERT INTO chunks (job_id, seq, first_line, last_line, status, attempts, "
@@ -123,27 +138,14 @@ def test_deleting_a_job_deletes_its_lines_and_the_last_migration_goes_both_ways(
     from alembic import command
     from sqlalchemy import text
 
-    from batchq.store.migrate import alembic_config
-
     url = empty_database
     assert upgrade(url) == head_revision()
     engine = get_engine(url)
     with engine.begin() as conn:
         for job in ("a" * 32, "b" * 32):
-            conn.execute(text(
-                "INSERT INTO jobs (id, model, quant, queue, status, settings, total_lines, "
-                "total_chunks, created_at) VALUES (:id, 'm', 'none', 'q', 'queued', '{}', "
-                "2, 1, CURRENT_TIMESTAMP)"), {"id": job})
-            for n in (1, 2):
-                conn.execute(text(
-                    "INSERT INTO lines (job_id, line_no, chunk_seq, custom_id, kind, request, "
-                    "status, attempts, created_at) VALUES (:job, :n, 1, :c, 'prompt', '{}', "
-                    "'pending', 0, CURRENT_TIMESTAMP)"), {"job": job, "n": n, "c": f"c{n}"})
-    for revision in ("0013", "head"):
-        with engine.begin() as conn:
-            cfg = alembic_config(url)
-            cfg.attributes["connection"] = conn
-            (command.downgrade if revision == "0013" else command.upgrade)(cfg, revision)
+            _add_job(conn, job, "q", lines=2, chunks=1)
+    _alembic(url, command.downgrade, "0013")
+    _alembic(url, command.upgrade, "head")
     assert diff(url) == []
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": "a" * 32})
