@@ -114,7 +114,7 @@ def test_the_line_cap_counts_both_halves(tmp_path):
 
 
 def test_a_second_process_that_cannot_run_leaves_the_check_to_this_one(tmp_path, monkeypatch):
-    from batchq.service import check_parts
+    from batchq.service import second_process
 
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(_lines(200)) + "\n")
@@ -122,7 +122,7 @@ def test_a_second_process_that_cannot_run_leaves_the_check_to_this_one(tmp_path,
     spools.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(spools))
     settings = _settings(tmp_path)
-    monkeypatch.setattr(check_parts.sys, "executable", "/bin/false")  # exits 1 at once
+    monkeypatch.setattr(second_process.sys, "executable", "/bin/false")  # exits 1 at once
     alone, parts = _both(path, settings)
     _same(alone, parts)
     # A first half over the cap stops the second process; no spool is left behind either way.

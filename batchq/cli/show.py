@@ -114,8 +114,11 @@ def write_results(job_ref: str, output: str | None, errors_file: str | None
                   ) -> tuple[JobView, Written]:
     """Results to a file or stdout, errors to their own file if one is named."""
     with contextlib.ExitStack() as stack:
-        out: IO[str] = (stack.enter_context(open(output, "w", encoding="utf-8")) if output
-                        else sys.stdout)
-        err = (stack.enter_context(open(errors_file, "w", encoding="utf-8"))
-               if errors_file else None)
-        return service.write_results(job_ref, out, err)
+        sys.stdout.flush()  # what was printed before the results goes first
+        out: IO[bytes] = (stack.enter_context(open(output, "wb")) if output
+                          else sys.stdout.buffer)
+        err = stack.enter_context(open(errors_file, "wb")) if errors_file else None
+        try:
+            return service.write_results(job_ref, out, err)
+        finally:
+            out.flush()

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import subprocess
 import sys
 import tempfile
 from array import array
@@ -26,6 +24,7 @@ from typing import IO
 
 from batchq.config import Settings
 from batchq.formats import iter_raw_lines
+from batchq.service import second_process
 from batchq.service.intake import (
     MAX_PROBLEMS_SHOWN,
     Checked,
@@ -42,13 +41,6 @@ log = logging.getLogger(__name__)
 PARALLEL_FROM_BYTES = 32 << 20
 
 
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def check_file(name: str, path: Path, settings: Settings, default_limit: int,
                router: ModelRouter, *, from_bytes: int = PARALLEL_FROM_BYTES) -> Checked:
     """check_all(…, route=router) on a file on disk, in two processes when it is big enough
@@ -60,7 +52,7 @@ def check_file(name: str, path: Path, settings: Settings, default_limit: int,
             stream.seek(0)
             return check_all(name, stream, settings, default_limit, route=router)
 
-        if size < max(from_bytes, 1) or cores() < 2:
+        if size < max(from_bytes, 1) or second_process.cores() < 2:
             return in_one_process()
         middle = _line_start_after(stream, size // 2)
         if middle >= size:  # one huge line: nothing to split
@@ -70,18 +62,19 @@ def check_file(name: str, path: Path, settings: Settings, default_limit: int,
         spool.close()
         head_rows = RowSpool()
         try:
-            second = _start_second(_Half(name, str(path), middle, first_line_no, settings,
-                                         default_limit, router, spool.name))
+            second = second_process.start(check_half, _Half(
+                name, str(path), middle, first_line_no, settings, default_limit, router,
+                spool.name))
             try:
                 stream.seek(0)
                 head, seen = check_lines(name, iter_raw_lines(_until(stream, middle)), settings,
                                          default_limit, None, router, head_rows)
             except BaseException:
-                second.kill()
-                second.wait()
+                second_process.stop(second)
                 raise
-            tail = _result_of(second)
-            if tail is None:
+            try:
+                tail: _Rest = second_process.result_of(second)
+            except second_process.Failed:
                 log.warning("could not check %s in two processes; checking it in one", name)
                 head_rows.close()
                 return in_one_process()
@@ -109,33 +102,6 @@ class _Half:
     default_limit: int
     router: ModelRouter  # as it was before either half began
     spool: str  # the file its rows go to
-
-
-def _start_second(half: _Half) -> subprocess.Popen[bytes]:
-    """A fresh interpreter running batchq.service.second_half: nothing of this process (its
-    threads, connections or main module) is copied or run again there."""
-    process = subprocess.Popen([sys.executable, "-m", "batchq.service.second_half"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    assert process.stdin is not None
-    try:
-        process.stdin.write(pickle.dumps(half))
-        process.stdin.close()
-    except OSError:  # it died at once; _result_of says so
-        pass
-    process.stdin = None  # sent: communicate() must not touch it again
-    return process
-
-
-def _result_of(second: subprocess.Popen[bytes]) -> _Rest | None:
-    """The second half's findings; None if it failed (the reason is logged for -v)."""
-    out, err = second.communicate()
-    if second.returncode != 0:
-        log.debug("the second checking process failed (%s): %s", second.returncode,
-                  err.decode(errors="replace")[-2000:])
-        return None
-    rest: _Rest = pickle.loads(out)
-    return rest
 
 
 def check_half(half: _Half) -> _Rest:

@@ -22,6 +22,9 @@ from batchq.store.tenancy import FileView
 UPLOAD_PURPOSES = ("batch",)
 _ID = re.compile(r"^file-[0-9a-f]{24}$")
 READ_BLOCK = 1 << 16
+# Rendered lines go out in blocks: the HTTP server hands each piece of a streamed body from a
+# worker thread to its event loop, a round trip that a piece per line paid a million times.
+LINES_A_BLOCK = 256
 
 
 def new_file_id() -> str:
@@ -147,9 +150,15 @@ def render_lines(settings: Settings, job_id: str, *, errors: bool) -> Iterator[b
     """A job's result lines in input order: those with an output, or (errors) those that
     ended without one. Lines still pending are in neither."""
     _, lines = reading.rendered(job_id, settings)
+    block: list[bytes] = []
     for status, line in lines:
         if status is not LineStatus.PENDING and (status in UNANSWERED) == errors:
-            yield (line + "\n").encode()
+            block.append(line)
+            if len(block) == LINES_A_BLOCK:
+                yield b"".join(block)
+                block = []
+    if block:
+        yield b"".join(block)
 
 
 def list_files(settings: Settings, tenant: str, after: str | None, limit: int,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import IO
 
 from batchq.config import Settings, get_settings
-from batchq.formats import LineResult, compact_json, render_result
-from batchq.states import UNANSWERED, LineStatus
+from batchq.formats import LineResult
+from batchq.service import result_parts
+from batchq.service.result_parts import Written
+from batchq.states import LineStatus
 from batchq.store import reads
 from batchq.store.views import ChunkRef, JobView
 
@@ -41,32 +42,19 @@ def results(job_ref: str, settings: Settings | None = None
 
 
 def rendered(job_ref: str, settings: Settings | None = None
-             ) -> tuple[JobView, Iterator[tuple[LineStatus, str]]]:
-    """The job's view and each line as a result line (JSON, no newline) with its status, in
-    input order, streamed: the one place results are rendered."""
-    view, rows = results(job_ref, settings)
-    created = int(view.metrics.created_at.timestamp())
-    return view, ((row.status, compact_json(render_result(row, view.id, view.model, created)))
-                  for row in rows)
+             ) -> tuple[JobView, Iterator[tuple[LineStatus, bytes]]]:
+    """The job's view and each line as a result line (JSON and a newline, UTF-8) with its
+    status, in input order, streamed."""
+    settings = settings or get_settings()
+    view = status(job_ref, settings)
+    return view, result_parts.rendered_lines(result_parts.Span.of(settings, view))
 
 
-@dataclass(frozen=True)
-class Written:
-    results: int  # lines written to the results
-    errors: int  # failed, cancelled and expired lines written to the errors file
-
-
-def write_results(job_ref: str, out: IO[str], errors: IO[str] | None = None,
+def write_results(job_ref: str, out: IO[bytes], errors: IO[bytes] | None = None,
                   settings: Settings | None = None) -> tuple[JobView, Written]:
     """Write one JSON line per input line, in input order; lines that ended without an
     output go to `errors` when it is given."""
-    view, lines = rendered(job_ref, settings)
-    written = failed = 0
-    for status, line in lines:
-        if errors is not None and status in UNANSWERED:
-            errors.write(line + "\n")
-            failed += 1
-        else:
-            out.write(line + "\n")
-            written += 1
-    return view, Written(written, failed)
+    settings = settings or get_settings()
+    view = status(job_ref, settings)
+    return view, result_parts.write(result_parts.Span.of(settings, view), view.counts.total,
+                                    out, errors)

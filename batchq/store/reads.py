@@ -136,8 +136,10 @@ def active_jobs(settings: Settings) -> list[JobView]:
         return [describe(session, job) for job in found]
 
 
-def line_results(settings: Settings, job_id: str) -> Iterator[LineResult]:
-    """The job's lines in input order, streamed (a million-line job is never held whole)."""
+def line_results(settings: Settings, job_id: str, first: int = 1, last: int | None = None
+                 ) -> Iterator[LineResult]:
+    """The job's lines numbered `first` to `last` (None: its last) in input order, streamed (a
+    million-line job is never held whole)."""
     with session_scope(settings) as session:
         # A line's model is its chunk's (a refused line may have none: None). Chunks are few,
         # so they are read apart: a join with a million fresh lines is at the mercy of the
@@ -148,7 +150,9 @@ def line_results(settings: Settings, job_id: str) -> Iterator[LineResult]:
                         Line.finish_reason, Line.error, Line.prompt_tokens,
                         Line.completion_tokens, Line.reasoning, Line.reasoning_tokens,
                         Line.chunk_seq, Line.tool_calls)
-                 .where(Line.job_id == job_id).order_by(Line.line_no))
+                 .where(Line.job_id == job_id, Line.line_no >= first).order_by(Line.line_no))
+        if last is not None:
+            query = query.where(Line.line_no <= last)
         rows = session.connection().execution_options(yield_per=2000).execute(query)
         for (line_no, custom_id, kind, status, output, finish_reason, error, prompt_tokens,
              completion_tokens, reasoning, reasoning_tokens, chunk_seq, calls) in rows:
