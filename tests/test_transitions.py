@@ -444,3 +444,40 @@ def test_after_a_crash_a_claim_counts_the_attempt_on_the_batch_marked_running_al
     assert [(line.custom_id, line.attempts) for line in third.lines][4:] == (
         [("c5", 1), ("c6", 1)] if marks else [("c5", 2), ("c6", 2)])
     store.cancel(job_id)
+
+
+@pytest.mark.services
+def test_a_jobs_end_probes_the_index_whatever_the_statistics_say(pg_url, tmp_path):
+    """Every chunk's end asks whether its job has a pending line (reads.has_lines). Statistics
+    taken while a big job's lines were all pending, and not since, make PostgreSQL expect
+    many: asked as EXISTS, it planned a scan of the table that stops at the first match, and
+    once none was pending that read every line of every job (1.1 s with four million)."""
+    from sqlalchemy import event
+
+    from batchq.states import LineStatus
+    from batchq.store.reads import has_lines
+
+    settings = Settings.from_env({"BATCHQ_HOME": str(tmp_path), "BATCHQ_DATABASE_URL": pg_url})
+    job_id, _ = new_job(settings, lines=30_000)
+    engine = get_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE lines"))
+        conn.execute(text("UPDATE lines SET status = 'succeeded' WHERE job_id = :j"), {"j": job_id})
+    asked: list[tuple[str, object]] = []
+
+    def remember(conn, cursor, statement, parameters, context, executemany):
+        asked.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", remember)
+    try:
+        with session_scope(settings) as session:
+            assert not has_lines(session, job_id, LineStatus.PENDING)
+            assert has_lines(session, job_id, LineStatus.SUCCEEDED)
+            assert not has_lines(session, job_id[::-1], LineStatus.SUCCEEDED)
+    finally:
+        event.remove(engine, "before_cursor_execute", remember)
+    assert len(asked) == 3
+    with engine.connect() as conn:
+        for statement, parameters in asked:
+            plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
+            assert not any("Seq Scan" in step for step in plan), plan
