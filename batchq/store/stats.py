@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, func, select
 
 from batchq.config import Settings
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
@@ -59,10 +59,13 @@ def totals(settings: Settings, window_seconds: float) -> Totals:
         chunks = {(queue, ChunkStatus(status)): n for queue, status, n in session.execute(
             select(Chunk.queue, Chunk.status, func.count()).join(Job).where(active)
             .group_by(Chunk.queue, Chunk.status))}
-        pending = exists().where(same_chunk, Line.status == LineStatus.PENDING)
+        # A chunk holds pending lines until it is done, so its status answers for them: an
+        # EXISTS over the lines of every active chunk was planned as a scan of the whole
+        # lines table (3.7 s with four million lines, at every scrape).
+        waiting = Chunk.status.in_((ChunkStatus.QUEUED, ChunkStatus.RUNNING))
         oldest = {queue: (now - created).total_seconds() for queue, created in session.execute(
             select(Chunk.queue, func.min(Job.created_at)).join(Job)
-            .where(active, pending).group_by(Chunk.queue))}
+            .where(active, waiting).group_by(Chunk.queue))}
         runs = {(name, status): n for name, status, n in session.execute(
             select(Schedule.name, ScheduleRun.status, func.count()).join(Schedule)
             .group_by(Schedule.name, ScheduleRun.status))}
