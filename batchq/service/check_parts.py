@@ -29,6 +29,7 @@ from batchq.service.intake import (
     MAX_PROBLEMS_SHOWN,
     Checked,
     RowSpool,
+    Seen,
     check_all,
     check_lines,
     too_many_lines,
@@ -62,19 +63,16 @@ def check_file(name: str, path: Path, settings: Settings, default_limit: int,
         spool.close()
         head_rows = RowSpool()
         try:
-            second = second_process.start(check_half, _Half(
-                name, str(path), middle, first_line_no, settings, default_limit, router,
-                spool.name))
-            try:
+            half = _Half(name, str(path), middle, first_line_no, settings, default_limit,
+                         router, spool.name)
+
+            def first_half() -> tuple[Checked, Seen]:
                 stream.seek(0)
-                head, seen = check_lines(name, iter_raw_lines(_until(stream, middle)), settings,
-                                         default_limit, None, router, head_rows)
-            except BaseException:
-                second_process.stop(second)
-                raise
-            try:
-                tail: _Rest = second_process.result_of(second)
-            except second_process.Failed:
+                return check_lines(name, iter_raw_lines(_until(stream, middle)), settings,
+                                   default_limit, None, router, head_rows)
+
+            (head, seen), tail = second_process.beside(check_half, half, first_half)
+            if tail is None:
                 log.warning("could not check %s in two processes; checking it in one", name)
                 head_rows.close()
                 return in_one_process()

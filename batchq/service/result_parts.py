@@ -71,17 +71,12 @@ def write(span: Span, total: int, out: IO[bytes], errors: IO[bytes] | None, *,
         return _write_span(span, out, errors)
     middle = span.first + total // 2  # line numbers are the file's: near enough its middle
     spools = _Spools.make(errors is not None)
+    rest = replace(span, first=middle)
     try:
-        rest = replace(span, first=middle)
-        second = second_process.start(_write_rest, (rest, spools))
-        try:
-            head = _write_span(replace(span, last=middle - 1), out, errors)
-        except BaseException:
-            second_process.stop(second)
-            raise
-        try:
-            tail: Written = second_process.result_of(second)
-        except second_process.Failed:
+        head, tail = second_process.beside(
+            _write_rest, (rest, spools),
+            lambda: _write_span(replace(span, last=middle - 1), out, errors))
+        if tail is None:
             log.warning("could not write the results of job %s in two processes; writing the "
                         "rest in one", span.job_id)
             tail = _write_span(rest, out, errors)
