@@ -3,8 +3,9 @@ half of its lines while a second process (service.second_process) writes the res
 files, which are then appended, so the output is byte for byte what one process writes.
 
 Rendering is pure Python (fetch, build, encode: about 7 us a line) and the database does
-little meanwhile, so on a machine with a second core a million-line job's results take about
-half as long. Each half is read in its own transaction: lines that change while a running
+little meanwhile, so on a machine with a second core a million-line job's results take about a
+third less time (6.8 s against 4.6 s here: the database's side and the append are shared by
+both halves). Each half is read in its own transaction: lines that change while a running
 job's results are written may be seen as they were a moment apart, as they may by one reader.
 """
 
