@@ -154,6 +154,32 @@ def test_deleting_a_job_deletes_its_lines_and_the_last_migration_goes_both_ways(
     assert left == [("b" * 32, 1), ("b" * 32, 2)]
 
 
+def test_final_counts_are_filled_for_the_jobs_already_final(empty_database):
+    """Migration 0015 stores the counts of every job that is final already (the metrics add
+    those up instead of counting lines), and none for an active job."""
+    from alembic import command
+    from sqlalchemy import text
+
+    url = empty_database
+    _alembic(url, command.upgrade, "0014")
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        _add_job(conn, "a" * 32, "batchq.one.none", lines=3, chunks=0)
+        _add_job(conn, "b" * 32, "batchq.two.none", lines=2, chunks=0)
+        conn.execute(text("UPDATE jobs SET status = 'failed' WHERE id = :a"), {"a": "a" * 32})
+        conn.execute(text("UPDATE lines SET status = 'succeeded' WHERE job_id = :a AND "
+                          "line_no < 3"), {"a": "a" * 32})
+        conn.execute(text("UPDATE lines SET status = 'failed' WHERE job_id = :a AND "
+                          "line_no = 3"), {"a": "a" * 32})
+    assert upgrade(url) == head_revision()
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT job_id, queue, status, lines FROM final_counts "
+                                 "ORDER BY status")).all()
+    assert rows == [("a" * 32, "batchq.one.none", "failed", 1),
+                    ("a" * 32, "batchq.one.none", "succeeded", 2)]
+    assert diff(url) == []
+
+
 def test_the_head_read_from_the_files_is_alembics_head():
     """The schema check reads the head without Alembic (it is cheaper); both must agree."""
     from alembic.script import ScriptDirectory

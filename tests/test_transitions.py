@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from batchq.config import Settings
 from batchq.errors import NotNow
@@ -481,3 +481,72 @@ def test_a_jobs_end_probes_the_index_whatever_the_statistics_say(pg_url, tmp_pat
         for statement, parameters in asked:
             plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
             assert not any("Seq Scan" in step for step in plan), plan
+
+
+def test_the_metrics_line_counts_stay_true_as_jobs_end_reopen_and_go(settings):
+    """`batchq metrics` adds up the counts stored when each job became final
+    (store.final_counts) to a count of the active jobs' lines: after every kind of end, a
+    retry and a deletion, that must be what counting every line says."""
+    from batchq.states import LineStatus
+    from batchq.store.final_counts import lines_by_queue
+    from batchq.store.models import FinalCount
+    from batchq.store.views import Counts
+
+    def truth() -> dict:
+        with get_engine(settings.database_url).connect() as conn:
+            return {(queue, LineStatus(status)): n for queue, status, n in conn.execute(text(
+                "SELECT coalesce(c.queue, j.queue), l.status, count(*) FROM lines l "
+                "JOIN jobs j ON j.id = l.job_id LEFT JOIN chunks c ON c.job_id = l.job_id "
+                "AND c.seq = l.chunk_seq GROUP BY coalesce(c.queue, j.queue), l.status"))}
+
+    def kept(job_id: str) -> int:
+        with session_scope(settings) as session:
+            return len(session.scalars(select(FinalCount).where(FinalCount.job_id == job_id))
+                       .all())
+
+    def same(*jobs: str) -> None:
+        with session_scope(settings) as session:
+            assert lines_by_queue(session) == truth()
+        for job_id in jobs:  # and each job's own counts, as `batchq status` shows them
+            with get_engine(settings.database_url).connect() as conn:
+                counted = dict(conn.execute(text("SELECT status, count(*) FROM lines WHERE "
+                                                 "job_id = :j GROUP BY status"), {"j": job_id}).all())
+            assert job_view(settings, job_id).counts == Counts.of(
+                {LineStatus(status): n for status, n in counted.items()})
+
+    store = Transitions(settings)
+    failed, (chunk,) = new_job(settings, lines=3, refused=1)
+    claim = store.claim(chunk.id, "w1", QUEUE)
+    assert not isinstance(claim, str)
+    a, b, c = (line.id for line in claim.lines)
+    store.record_batches(chunk, 1, "w1", [Out(a, "ok"), Out(c, "ok")], [Stats()])
+    same()  # running: its lines counted as they are
+    store.give_up(b, "gave up after 3 attempts: generation failed: boom")
+    assert store.finish(chunk, claim.token) is JobStatus.FAILED
+    assert kept(failed) == 2  # succeeded and failed, on one queue
+    same(failed)
+    store.retry(failed)
+    assert kept(failed) == 0
+    same(failed)
+    again = store.claim(chunk.id, "w2", QUEUE)
+    assert not isinstance(again, str)
+    store.record_batches(chunk, again.token, "w2", [Out(b, "ok now")], [Stats()])
+    assert store.finish(chunk, again.token) is JobStatus.FAILED  # the refused line stays failed
+    same(failed)
+
+    cancelled, _ = new_job(settings, lines=2)
+    store.cancel(cancelled)
+    assert kept(cancelled) == 1
+    same(cancelled)
+    from datetime import timedelta
+
+    from batchq.store.database import utcnow
+
+    expired, _ = new_job(settings, lines=2, expires_at=utcnow() - timedelta(seconds=1))
+    assert store.expire_overdue(expired) == [expired]
+    assert kept(expired) == 1
+    same(expired)
+    with get_engine(settings.database_url).begin() as conn:
+        conn.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": failed})
+    assert kept(failed) == 0
+    same()

@@ -153,6 +153,21 @@ class Line(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
+class FinalCount(Base):
+    """A finished job's lines of one variant queue and status, stored in the transaction that
+    made the job final. A final job's lines keep their statuses (a retry, which reopens the
+    job, deletes these rows), so `batchq metrics` adds these few rows up instead of counting
+    every line ever stored at each scrape (1.4 s with four million lines)."""
+
+    __tablename__ = "final_counts"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    queue: Mapped[str] = mapped_column(String(200), primary_key=True)  # as Chunk.queue
+    status: Mapped[LineStatus] = mapped_column(EnumText(LineStatus, 16), primary_key=True)
+    lines: Mapped[int] = mapped_column(BigInteger)
+
+
 class BatchRun(Base):
     """One GPU batch that ended, written in the same commit as its lines' results: what
     `batchq report` draws (throughput over time, latency, padding, each worker's share)."""

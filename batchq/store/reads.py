@@ -12,6 +12,7 @@ from batchq.config import Settings
 from batchq.errors import NotFound
 from batchq.formats import LineResult
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
+from batchq.store import final_counts
 from batchq.store.database import utcnow
 from batchq.store.models import BatchRun, Chunk, Job, Line
 from batchq.store.sessions import session_scope
@@ -51,9 +52,13 @@ def has_lines(session: Session, job_id: str, status: LineStatus) -> bool:
     return found is not None and tuple(found) == (job_id, status)
 
 
-def line_counts(session: Session, job_id: str) -> Counts:
+def line_counts(session: Session, job: Job) -> Counts:
+    """The job's lines by status: kept since it became final (store.final_counts), or
+    counted."""
+    if job.status.final and (kept := final_counts.of_job(session, job.id)):
+        return Counts.of(kept)
     return Counts.of({LineStatus(status): n for status, n in session.execute(
-        select(Line.status, func.count()).where(Line.job_id == job_id).group_by(Line.status))})
+        select(Line.status, func.count()).where(Line.job_id == job.id).group_by(Line.status))})
 
 
 def variant_shares(session: Session, job: Job, counts: Counts) -> tuple[VariantShare, ...]:
@@ -112,7 +117,7 @@ def describe(session: Session, job: Job) -> JobView:
         batches=batches, prompt_tokens=prompt, padded_prompt_tokens=padded,
         completion_tokens=completion, decode_slots=slots, peak_memory_bytes=peak,
         deduplicated_lines=deduplicated)
-    counts = line_counts(session, job.id)
+    counts = line_counts(session, job)
     shares = variant_shares(session, job, counts)
     return JobView(
         id=job.id, name=job.name, status=job.status, model=job.model, quant=job.quant,

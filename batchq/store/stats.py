@@ -10,8 +10,9 @@ from sqlalchemy import and_, func, select
 
 from batchq.config import Settings
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
+from batchq.store import final_counts
 from batchq.store.database import utcnow
-from batchq.store.models import BatchRun, Chunk, Job, Line
+from batchq.store.models import BatchRun, Chunk, Job
 from batchq.store.schedule_models import Schedule, ScheduleDocument, ScheduleRun
 from batchq.store.sessions import session_scope
 
@@ -37,16 +38,11 @@ class Totals:
 def totals(settings: Settings, window_seconds: float) -> Totals:
     now = utcnow()
     since = now - timedelta(seconds=window_seconds)
-    same_chunk = and_(Chunk.job_id == Line.job_id, Chunk.seq == Line.chunk_seq)
     active = Job.status.in_(ACTIVE_JOB_STATUSES)
     with session_scope(settings) as session:
         jobs = {JobStatus(s): n for s, n in session.execute(
             select(Job.status, func.count()).group_by(Job.status))}
-        line_queue = func.coalesce(Chunk.queue, Job.queue)
-        lines = {(queue, LineStatus(status)): n for queue, status, n in session.execute(
-            select(line_queue, Line.status, func.count())
-            .join(Job, Job.id == Line.job_id).outerjoin(Chunk, same_chunk)
-            .group_by(line_queue, Line.status))}
+        lines = final_counts.lines_by_queue(session)
         tokens = {queue: (int(prompt), int(completion)) for queue, prompt, completion in
                   session.execute(select(Chunk.queue,
                                          func.coalesce(func.sum(Chunk.prompt_tokens), 0),

@@ -38,7 +38,7 @@ from batchq.config import Settings
 from batchq.errors import NotNow
 from batchq.formats import LineKind
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
-from batchq.store import batch_write, quick_claim
+from batchq.store import batch_write, final_counts, quick_claim
 from batchq.store.batch_write import Measured, Outcome, write_batch
 from batchq.store.database import utcnow
 from batchq.store.models import Chunk, Job, Line
@@ -255,6 +255,7 @@ class Transitions:
                         status=LineStatus.EXPIRED, finished_at=now,
                         error="batch_expired: the batch's completion window ended before "
                               "this line ran"))
+                    final_counts.keep(session, found)
                     expired.append(found)
         return expired
 
@@ -273,6 +274,7 @@ class Transitions:
                                         finished_at=now))
                 job.status = JobStatus.CANCELLED
                 job.finished_at = now
+                final_counts.keep(session, job.id)
             session.flush()
             return describe(session, job)
 
@@ -303,6 +305,7 @@ class Transitions:
                             .values(**_requeued(now), finished_at=None, in_flight=None))
             job.status = JobStatus.QUEUED
             job.finished_at = None
+            final_counts.forget(session, job.id)
             chunks = select_chunks(session, Chunk.job_id == job.id, Chunk.seq.in_(seqs))
             return Reset(job.id, lines, chunks, refused)
 
@@ -336,4 +339,5 @@ def _finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
     failed = has_lines(session, job_id, LineStatus.FAILED)
     job.status = JobStatus.FAILED if failed else JobStatus.COMPLETED
     job.finished_at = utcnow()
+    final_counts.keep(session, job_id)
     return job.status
