@@ -266,6 +266,9 @@ class Transitions:
         boundary (record_batch tells it)."""
         with session_scope(self.settings) as session:
             job = find_job(session, job_ref)
+            # Locked, as a chunk's end locks it: a job that ended meanwhile stays as it ended
+            # (its counts kept once), rather than being marked cancelled over its end.
+            session.refresh(job, with_for_update=True)
             if not job.status.final:
                 now = utcnow()
                 session.execute(update(Line).where(Line.job_id == job.id,
