@@ -204,6 +204,17 @@ def shared_worker(pg_url, redis_url, tiny_model, tmp_path_factory):
     stop_all([worker])
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def settings(request, tmp_path):
+    """Settings on a fresh SQLite database, then on this process's PostgreSQL one: a test of
+    the store that asks for them runs on both."""
+    from batchq.config import Settings
+
+    url = (f"sqlite:///{tmp_path / 'batchq.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    return Settings.from_env({"BATCHQ_HOME": str(tmp_path), "BATCHQ_DATABASE_URL": url})
+
+
 @pytest.fixture
 def embedded_env(tmp_path) -> dict[str, str]:
     """Environment for the CLI with no configuration but its home: SQLite database and broker."""

@@ -16,7 +16,6 @@ from batchq.store.intake import NewJob, NewLine, create_job
 from batchq.store.reads import job_view
 from batchq.store.transitions import Transitions
 from tests.test_transitions import QUEUE, VARIANT, Out, Stats
-from tests.test_transitions import settings as settings  # both databases, as there
 
 KINDS = (LineKind.PROMPT, LineKind.OPENAI_CHAT, LineKind.MESSAGES, LineKind.OPENAI_COMPLETION)
 

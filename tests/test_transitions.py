@@ -49,13 +49,6 @@ class Stats:
     peak_memory_bytes: int = 0
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
-def settings(request, tmp_path):
-    url = (f"sqlite:///{tmp_path / 'batchq.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_url"))
-    return Settings.from_env({"BATCHQ_HOME": str(tmp_path), "BATCHQ_DATABASE_URL": url})
-
-
 def new_job(settings: Settings, lines: int = 3, refused: int = 0,
             expires_at=None) -> tuple[str, list]:
     import uuid

@@ -16,10 +16,10 @@ from batchq.store.intake import NewJob, NewLine, create_job
 from batchq.store.reads import job_view, line_results
 from batchq.worker.chunk_run import run_chunk
 from batchq.worker.runtime import WorkerRuntime
-from tests.test_transitions import VARIANT, settings  # noqa: F401 (settings: both databases)
+from tests.test_transitions import VARIANT
 
 
-def two_chunk_job(settings) -> tuple[str, list]:  # noqa: F811
+def two_chunk_job(settings) -> tuple[str, list]:
     job = NewJob(id=uuid.uuid4().hex, name=None, source="t.jsonl", model="m", quant="none",
                  queue=VARIANT.queue, settings={}, total_lines=6, expires_at=None)
     rows = [NewLine(n, f"c{n}", LineKind.PROMPT, '{"params": {}, "messages": []}',
@@ -27,7 +27,7 @@ def two_chunk_job(settings) -> tuple[str, list]:  # noqa: F811
     return job.id, create_job(settings, job, rows, {1: VARIANT, 2: VARIANT})
 
 
-def test_a_chunks_finish_runs_beside_the_next_chunk_which_writes_only_after_it(settings):  # noqa: F811
+def test_a_chunks_finish_runs_beside_the_next_chunk_which_writes_only_after_it(settings):
     job_id, (first, second) = two_chunk_job(settings)
     runtime = WorkerRuntime(NullEngine(BatchBudget(max_rows=2)), VARIANT, settings, "w")
     store, order = runtime.store, []
