@@ -11,6 +11,7 @@ from batchq.formats import (
     LineResult,
     compact_json,
     iter_raw_lines,
+    json_line,
     parse_line,
     render_result,
 )
@@ -160,6 +161,11 @@ def test_a_result_line_is_compact_json_that_reads_back_to_the_same_values():
     odd = {**line, "custom_id": "x\ud800y"}
     assert compact_json(odd) == json.dumps(odd, ensure_ascii=False, separators=(",", ":"))
     assert json.loads(compact_json(odd))["custom_id"] == "x\ud800y"
+    # As the results file takes them: UTF-8 and a newline, the same line; the lone
+    # surrogate, which has no UTF-8, escaped with the rest of what is not ASCII.
+    assert json_line(line) == (text + "\n").encode()
+    assert json_line(odd) == (json.dumps(odd, separators=(",", ":")) + "\n").encode()
+    assert json.loads(json_line(odd)) == odd
 
 
 def test_openai_result_shapes_are_stable_and_complete():
