@@ -96,7 +96,7 @@ def test_chunk_plan_matches_a_plain_sort_for_every_variant_and_size():
     import random
     from array import array
 
-    from batchq.service.intake import chunk_by_size
+    from batchq.service.intake import chunk_by_size, variant_of_chunks
 
     def reference(sizes, chunk_size, variant_of):
         chunk_of, first_seq = [0] * len(sizes), 1
@@ -116,6 +116,8 @@ def test_chunk_plan_matches_a_plain_sort_for_every_variant_and_size():
                             if trial % 2 else rng.randint(0, 1 << 46) for _ in range(n)))
         variants = array("h", (rng.randint(0, rng.randint(0, 3)) for _ in range(n)))
         chunk_size = rng.randint(1, 7)
-        assert list(chunk_by_size(sizes, chunk_size, variants)) == reference(
-            sizes, chunk_size, variants)
+        chunk_of = chunk_by_size(sizes, chunk_size, variants)
+        assert list(chunk_of) == reference(sizes, chunk_size, variants)
+        assert variant_of_chunks(chunk_of, variants) == {
+            seq: variants[i] for i, seq in enumerate(chunk_of)}
         assert list(chunk_by_size(sizes, chunk_size)) == reference(sizes, chunk_size, [0] * n)

@@ -21,6 +21,7 @@ from batchq.service.intake import (
     chunk_by_size,
     open_input,
     refuse_unless_runnable,
+    variant_of_chunks,
 )
 from batchq.service.routing import ModelRouter
 from batchq.store.intake import Also, NewJob, NewLine, create_job
@@ -119,7 +120,8 @@ def store_checked(settings: Settings, source: str, checked: Checked,
 
     chunk_of = chunk_by_size(checked.sizes, settings.chunk_size, checked.variant_of)
     variants = checked.variants or [variant]  # no router (an HTTP batch): every line's is 0
-    variant_of_chunk = {seq: variants[checked.variant_of[i]] for i, seq in enumerate(chunk_of)}
+    variant_of_chunk = {seq: variants[number]
+                        for seq, number in variant_of_chunks(chunk_of, checked.variant_of).items()}
     checked.sizes = array("q")
     check_broker(settings)
     rows = checked.rows
