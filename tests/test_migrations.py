@@ -180,6 +180,48 @@ def test_final_counts_are_filled_for_the_jobs_already_final(empty_database):
     assert diff(url) == []
 
 
+def test_chunks_stored_before_0016_get_their_line_numbers_and_go_down_and_up_again(
+        empty_database):
+    """Migration 0016 lists each existing chunk's lines in chunks.line_nos (claims find them by
+    number now, not by an index on lines' chunk_seq), ascending, none for a refused line, an
+    empty list for a chunk without lines; it goes down and up again keeping every row."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from batchq.store.models import line_numbers
+
+    url = empty_database
+    _alembic(url, command.upgrade, "0015")
+    engine = get_engine(url)
+    chunk_of = {1: 1, 2: 2, 3: 1, 4: 0, 5: 1, 6: 2}  # line 4 was refused: no chunk
+    with engine.begin() as conn:
+        _add_job(conn, "a" * 32, "q", lines=6, chunks=3)
+        for line_no, seq in chunk_of.items():
+            conn.execute(text("UPDATE lines SET chunk_seq = :seq WHERE line_no = :n"),
+                         {"seq": seq, "n": line_no})
+        for seq in (1, 2, 3):
+            conn.execute(text(
+                "INSERT INTO chunks (job_id, seq, first_line, last_line, queue, model, quant, "
+                "status, attempts, batches, prompt_tokens, padded_prompt_tokens, "
+                "completion_tokens, decode_slots, generate_seconds, peak_memory_bytes) VALUES "
+                "(:job, :seq, 1, 6, 'q', 'm', 'none', 'queued', 0, 0, 0, 0, 0, 0, 0, 0)"),
+                {"job": "a" * 32, "seq": seq})
+
+    def listed() -> dict[int, list[int]]:
+        with engine.connect() as conn:
+            return {seq: line_numbers(numbers) for seq, numbers in conn.execute(text(
+                "SELECT seq, line_nos FROM chunks ORDER BY seq"))}
+
+    assert upgrade(url) == head_revision()
+    assert listed() == {1: [1, 3, 5], 2: [2, 6], 3: []}
+    _alembic(url, command.downgrade, "0015")
+    _alembic(url, command.upgrade, "head")
+    assert listed() == {1: [1, 3, 5], 2: [2, 6], 3: []}
+    assert diff(url) == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM lines")).scalar_one() == 6
+
+
 def test_the_head_read_from_the_files_is_alembics_head():
     """The schema check reads the head without Alembic (it is cheaper); both must agree."""
     from alembic.script import ScriptDirectory

@@ -99,6 +99,46 @@ def test_a_claim_returns_the_chunk_its_lines_and_the_job_settings_and_starts_the
     assert store.claim(chunk.id, "w2", QUEUE) == "already final"
 
 
+def interleaved_job(settings: Settings, lines: int, chunks: int) -> tuple[str, list]:
+    """A job whose line n runs in chunk n % chunks + 1 (submit's chunks interleave in the file
+    like this: they group lines by length), and whose every seventh line was refused."""
+    import uuid
+
+    job = NewJob(id=uuid.uuid4().hex, name=None, source="t.jsonl", model="m", quant="none",
+                 queue=QUEUE, settings={}, total_lines=lines, expires_at=None)
+    rows = [NewLine(n, f"bad{n}", LineKind.INVALID, refused="invalid JSON") if n % 7 == 0
+            else NewLine(n, f"c{n}", LineKind.PROMPT, '{"params": {}, "messages": []}',
+                         chunk_seq=n % chunks + 1) for n in range(1, lines + 1)]
+    return job.id, create_job(settings, job, rows, {seq: VARIANT
+                                                    for seq in range(1, chunks + 1)})
+
+
+def test_each_claim_takes_its_own_chunks_pending_lines_in_order(settings, monkeypatch):
+    """A claim finds its chunk's lines by the numbers the chunk lists (chunks.line_nos): each
+    chunk exactly its own, in line order, only the pending ones, however many it has. SQLite
+    binds them in parts (transitions.IN_LIST), made small here so that a chunk takes three."""
+    from batchq.store import transitions
+
+    monkeypatch.setattr(transitions, "IN_LIST", 5)
+    job_id, chunks = interleaved_job(settings, lines=40, chunks=3)
+    with session_scope(settings) as session:  # a line that is final already is not claimed
+        session.execute(text("UPDATE lines SET status = 'succeeded' WHERE job_id = :j AND "
+                             "line_no = 4"), {"j": job_id})
+    store = Transitions(settings)
+    for chunk in chunks:
+        claim = store.claim(chunk.id, "w1", QUEUE)
+        assert not isinstance(claim, str)
+        assert [line.custom_id for line in claim.lines] == [
+            f"c{n}" for n in range(1, 41)
+            if n % 3 + 1 == chunk.seq and n % 7 and n != 4], chunk.seq
+        assert (chunk.first_line, chunk.last_line) == (
+            min(n for n in range(1, 41) if n % 3 + 1 == chunk.seq and n % 7),
+            max(n for n in range(1, 41) if n % 3 + 1 == chunk.seq and n % 7))
+    view = job_view(settings, job_id)
+    assert (view.counts.failed, view.counts.succeeded, view.counts.pending) == (5, 1, 34)
+    assert view.variants[0].counts.failed == 0  # the refused lines have no chunk, no variant
+
+
 def test_a_claim_is_fenced_and_a_line_is_written_once(settings):
     store = Transitions(settings)
     job_id, (chunk,) = new_job(settings)
@@ -474,6 +514,43 @@ def test_a_jobs_end_probes_the_index_whatever_the_statistics_say(pg_url, tmp_pat
         for statement, parameters in asked:
             plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
             assert not any("Seq Scan" in step for step in plan), plan
+
+
+@pytest.mark.services
+def test_a_claim_and_the_refused_count_probe_indexes_whatever_the_statistics_say(pg_url,
+                                                                                 tmp_path):
+    """Lines have no index on their chunk (migration 0016): a claim asks for its chunk's lines
+    by number, and `batchq status` counts the refused lines through their partial index. With
+    statistics taken while every line was pending, neither may read the job's lines whole."""
+    from sqlalchemy import event
+
+    settings = Settings.from_env({"BATCHQ_HOME": str(tmp_path), "BATCHQ_DATABASE_URL": pg_url})
+    job_id, chunks = interleaved_job(settings, lines=30_000, chunks=1000)
+    engine = get_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE lines"))
+    asked: list[tuple[str, object]] = []
+
+    def remember(conn, cursor, statement, parameters, context, executemany):
+        if "chunk_seq = 0" in statement or "line_no = ANY" in statement:
+            asked.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", remember)
+    try:
+        claim = Transitions(settings).claim(chunks[-1].id, "w1", QUEUE)
+        assert not isinstance(claim, str)
+        assert [line.custom_id for line in claim.lines] == [
+            f"c{n}" for n in range(999, 30_000, 1000) if n % 7]
+        assert job_view(settings, job_id).counts.failed == 30_000 // 7
+    finally:
+        event.remove(engine, "before_cursor_execute", remember)
+    assert len(asked) == 2
+    with engine.connect() as conn:
+        for statement, parameters in asked:
+            plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
+            assert not any("Seq Scan" in step for step in plan), plan
+            if "chunk_seq = 0" in statement:
+                assert any("ix_lines_refused" in step for step in plan), plan
 
 
 def test_the_metrics_line_counts_stay_true_as_jobs_end_reopen_and_go(settings):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ from batchq.config import Settings
 from batchq.formats import LineKind
 from batchq.states import ChunkStatus, JobStatus, LineStatus
 from batchq.store.database import utcnow
-from batchq.store.models import LINES, Chunk, Job, text_bind
+from batchq.store.models import LINES, Chunk, Job, line_numbers_json, text_bind
 from batchq.store.reads import select_chunks
 from batchq.store.sessions import session_scope
 from batchq.store.views import ChunkRef
@@ -72,13 +73,14 @@ def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
             total_lines=job.total_lines, total_chunks=0, created_at=now,
             expires_at=job.expires_at))
         session.flush()
-        spans: dict[int, list[int]] = {}  # chunk seq -> [first line, last line]
+        members: dict[int, array[int]] = {}  # chunk seq -> its line numbers, ascending
 
         def spanned() -> Iterator[NewLine]:
             for line in lines:
                 if line.refused is None:
-                    spans.setdefault(line.chunk_seq, [line.line_no, line.line_no])[1] = \
-                        line.line_no
+                    if (numbers := members.get(line.chunk_seq)) is None:
+                        numbers = members[line.chunk_seq] = array("i")
+                    numbers.append(line.line_no)
                 yield line
 
         db = session.connection()
@@ -87,10 +89,10 @@ def create_job(settings: Settings, job: NewJob, lines: Iterable[NewLine],
             _copy_lines(db, job.id, spanned(), now)
         else:
             _insert_lines(db, (_line_row(job.id, line, now) for line in spanned()))
-        session.execute(insert(Chunk), [_chunk_row(job.id, seq, spans[seq],
+        session.execute(insert(Chunk), [_chunk_row(job.id, seq, members[seq],
                                                    variant_of_chunk[seq], now)
-                                        for seq in sorted(spans)])
-        session.execute(update(Job).where(Job.id == job.id).values(total_chunks=len(spans)))
+                                        for seq in sorted(members)])
+        session.execute(update(Job).where(Job.id == job.id).values(total_chunks=len(members)))
         if also is not None:
             also(session)
         chunks = select_chunks(session, Chunk.job_id == job.id)
@@ -201,10 +203,12 @@ def _line_row(job_id: str, line: NewLine, now: datetime) -> dict[str, Any]:
     return row
 
 
-def _chunk_row(job_id: str, seq: int, span: list[int], variant: Variant,
+def _chunk_row(job_id: str, seq: int, line_nos: array[int], variant: Variant,
                now: datetime) -> dict[str, Any]:
-    return {"job_id": job_id, "seq": seq, "first_line": span[0], "last_line": span[1],
-            "queue": variant.queue, "model": variant.model, "quant": variant.quant, "status": ChunkStatus.QUEUED, "attempts": 0, "enqueued_at": now,
+    return {"job_id": job_id, "seq": seq, "first_line": line_nos[0], "last_line": line_nos[-1],
+            "line_nos": line_numbers_json(line_nos), "queue": variant.queue,
+            "model": variant.model, "quant": variant.quant, "status": ChunkStatus.QUEUED,
+            "attempts": 0, "enqueued_at": now,
             "batches": 0, "prompt_tokens": 0, "padded_prompt_tokens": 0,
             "completion_tokens": 0, "decode_slots": 0, "generate_seconds": 0.0,
             "peak_memory_bytes": 0, "deduplicated_lines": 0}

@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Integer, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
-from batchq.store.models import LINES
+from batchq.store.models import LINES, line_numbers
 from batchq.store.views import ChunkRef, Claim, ClaimedLine
 
 _ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_JOB_STATUSES))
@@ -41,7 +42,7 @@ claimed AS (
     WHERE id = %(chunk)s AND queue = %(queue)s
       AND (status = '{ChunkStatus.QUEUED.value}' OR lease_expires_at < %(now)s)
       AND (SELECT status FROM job) IN ({_ACTIVE})
-    RETURNING id, job_id, seq, first_line, last_line, queue, attempts),
+    RETURNING id, job_id, seq, first_line, last_line, queue, attempts, line_nos),
 counted AS (  -- its last holder died with these lines' batch running: each was an attempt
     UPDATE lines SET attempts = attempts + 1
     WHERE id IN (SELECT value::bigint FROM chunks, json_array_elements_text((
@@ -58,15 +59,17 @@ started AS (
                     started_at = COALESCE(started_at, %(now)s)
     WHERE id = (SELECT job_id FROM claimed) AND status = '{JobStatus.QUEUED.value}')
 SELECT claimed.id, claimed.job_id, claimed.seq, job.total_chunks, claimed.first_line,
-       claimed.last_line, claimed.queue, claimed.attempts, job.settings
+       claimed.last_line, claimed.queue, claimed.attempts, job.settings, claimed.line_nos
 FROM claimed CROSS JOIN job
 """
 
-# Core, not text: the columns' own types read them (SafeText, the kinds' enum).
+# Core, not text: the columns' own types read them (SafeText, the kinds' enum). The chunk's
+# lines by number, as one array: the (job_id, line_no) index, a probe a line.
 PENDING_LINES = (
     select(LINES.c.id, LINES.c.custom_id, LINES.c.kind, LINES.c.request, LINES.c.attempts,
            LINES.c.error)
-    .where(LINES.c.job_id == bindparam("job"), LINES.c.chunk_seq == bindparam("seq"),
+    .where(LINES.c.job_id == bindparam("job"),
+           LINES.c.line_no == any_(bindparam("numbers", type_=ARRAY(Integer))),
            LINES.c.status == LineStatus.PENDING)
     .order_by(LINES.c.line_no))
 
@@ -78,8 +81,8 @@ def claim(db: Connection, chunk_id: int, worker: str, queue: str, now: datetime,
                                      "now": now, "lease": lease_until}).one_or_none()
     if row is None:
         return None
-    *ref, token, settings = row
+    *ref, token, settings, line_nos = row
     chunk = ChunkRef(*ref)
-    lines = db.execute(PENDING_LINES, {"job": chunk.job_id, "seq": chunk.seq})
+    lines = db.execute(PENDING_LINES, {"job": chunk.job_id, "numbers": line_numbers(line_nos)})
     return Claim(chunk=chunk, job_settings=json.loads(settings),
                  lines=[ClaimedLine(*line) for line in lines], token=token)

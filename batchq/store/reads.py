@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from sqlalchemy import ColumnElement, func, select, tuple_
+from sqlalchemy import ColumnElement, func, literal_column, select, tuple_
 from sqlalchemy.orm import Session
 
 from batchq.config import Settings
@@ -70,9 +70,11 @@ def variant_shares(session: Session, job: Job, counts: Counts) -> tuple[VariantS
     if len(variants) == 1:
         # One variant (most jobs): its lines are the job's but those refused at submit, which
         # have no chunk. Joining lines to chunks to learn that took 160 ms at 200,000 lines,
-        # and `batchq status` and every wait ask.
+        # and `batchq status` and every wait ask. A literal 0, as the partial index of
+        # refused lines says it (ix_lines_refused): no plan matches a bound value to it.
         refused = Counts.of({LineStatus(status): n for status, n in session.execute(
-            select(Line.status, func.count()).where(Line.job_id == job.id, Line.chunk_seq == 0)
+            select(Line.status, func.count())
+            .where(Line.job_id == job.id, Line.chunk_seq == literal_column("0"))
             .group_by(Line.status))})
         queue, model, quant = variants[0]
         lines[(queue, model, quant)] = {

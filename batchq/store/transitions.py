@@ -41,7 +41,7 @@ from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatu
 from batchq.store import batch_write, final_counts, quick_claim
 from batchq.store.batch_write import Measured, Outcome, write_batch
 from batchq.store.database import utcnow
-from batchq.store.models import Chunk, Job, Line
+from batchq.store.models import Chunk, Job, Line, line_numbers
 from batchq.store.reads import describe, find_job, has_lines, select_chunks
 from batchq.store.running_marker import RunningMarker
 from batchq.store.sessions import KeptConnection, changed_rows, session_scope
@@ -106,15 +106,16 @@ class Transitions:
                 job.started_at = job.started_at or now  # a retried job keeps its first start
             # Columns, not Line objects: the ORM's bookkeeping of a chunk's worth of them
             # cost more than the query.
-            lines = session.execute(
-                select(Line.id, Line.custom_id, Line.kind, Line.request, Line.attempts,
-                       Line.error)
-                .where(Line.job_id == job.id, Line.chunk_seq == chunk.seq,
-                       Line.status == LineStatus.PENDING)
-                .order_by(Line.line_no))
+            lines = [ClaimedLine(*line) for numbers in _slices(line_numbers(chunk.line_nos))
+                     for line in session.execute(
+                         select(Line.id, Line.custom_id, Line.kind, Line.request,
+                                Line.attempts, Line.error)
+                         .where(Line.job_id == job.id, Line.line_no.in_(numbers),
+                                Line.status == LineStatus.PENDING)
+                         .order_by(Line.line_no))]
             ref, = select_chunks(session, Chunk.id == chunk.id)
-            return Claim(chunk=ref, job_settings=json.loads(job.settings),
-                         lines=[ClaimedLine(*line) for line in lines], token=chunk.attempts)
+            return Claim(chunk=ref, job_settings=json.loads(job.settings), lines=lines,
+                         token=chunk.attempts)
 
     def renew(self, chunk_id: int, token: int) -> bool:
         """Extend the lease; False if another claim has taken the chunk."""
@@ -322,6 +323,18 @@ class Transitions:
             session.execute(update(Line).where(Line.id.in_(list(line_ids)),
                                                Line.status == LineStatus.PENDING)
                             .values(**values))
+
+
+# A chunk's line numbers are bound in parts of at most this many: SQLite takes up to 32,766
+# values in one statement, and BATCHQ_CHUNK_SIZE sets no limit.
+IN_LIST = 10_000
+
+
+def _slices(numbers: list[int]) -> Iterator[list[int]]:
+    """`numbers` in parts of IN_LIST, in order (a chunk's numbers are ascending, so the lines
+    of each part, read in line order, follow the previous part's)."""
+    for start in range(0, len(numbers), IN_LIST):
+        yield numbers[start:start + IN_LIST]
 
 
 def _requeued(now: datetime) -> dict[str, Any]:
