@@ -10,7 +10,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, insert, text, update
 from sqlalchemy.orm import Session
@@ -47,9 +47,9 @@ class NewJob:
     expires_at: datetime | None = None  # the end of its completion window, if it has one
 
 
-@dataclass(frozen=True, slots=True)
-class NewLine:
-    """An accepted line (with its request and chunk), or a refused one (with its reason)."""
+class NewLine(NamedTuple):
+    """An accepted line (with its request and chunk), or a refused one (with its reason). A
+    tuple: a frozen dataclass's __init__ cost a million-line submit a second."""
 
     line_no: int
     custom_id: str
@@ -141,7 +141,9 @@ def _copy_lines(db: Connection, job_id: str, lines: Iterator[NewLine], now: date
                         f"{at}\t")
                 if line.refused is None:
                     assert line.request is not None
-                    text_rows.append(head + _copy_escaped(line.request) + accepted)
+                    # JSON text holds no raw tab or line end (it escapes them), only the
+                    # backslashes of its escapes: one replace, not _copy_escaped's four.
+                    text_rows.append(head + line.request.replace("\\", "\\\\") + accepted)
                 else:
                     text_rows.append(
                         f"{head}null\t{LineStatus.FAILED.value}\t{at}\t"
