@@ -123,9 +123,10 @@ class Line(Base):
         UniqueConstraint("job_id", "line_no"),
         CheckConstraint(one_of(LineStatus), name="status"),
         Index("ix_lines_job_id_status", "job_id", "status"),
-        # The lines refused at submit (no chunk), which `batchq status` counts apart. Only
-        # they are in it, so storing a big job's accepted lines costs it nothing.
-        Index("ix_lines_refused", "job_id", postgresql_where=text("chunk_seq = 0"),
+        # The lines refused at submit (no chunk), which `batchq status` counts apart by
+        # status. Only they are in it, so storing a big job's accepted lines costs it nothing;
+        # with status in it, SQLite's planner prefers it to (job_id, status).
+        Index("ix_lines_refused", "job_id", "status", postgresql_where=text("chunk_seq = 0"),
               sqlite_where=text("chunk_seq = 0")),
     )
 

@@ -2,7 +2,7 @@
 (job_id, chunk_seq), which claims used to find a chunk's lines. A big job's rows arrive in
 file order while chunks group lines by length, so each row went to a random place in that
 index: a third of a million-line COPY's time. A partial index keeps finding the few lines
-refused at submit (chunk_seq 0). Existing chunks get their numbers here, from that index,
+refused at submit (chunk_seq 0), by status. Existing chunks get their numbers here, from that index,
 before it goes.
 
 Revision ID: 0016
@@ -38,7 +38,7 @@ def upgrade() -> None:
     with op.batch_alter_table('chunks') as batch:
         batch.alter_column('line_nos', existing_type=sa.Text(), nullable=False)
     op.drop_index('ix_lines_job_id_chunk_seq', table_name='lines')
-    op.create_index('ix_lines_refused', 'lines', ['job_id'], postgresql_where=REFUSED,
+    op.create_index('ix_lines_refused', 'lines', ['job_id', 'status'], postgresql_where=REFUSED,
                     sqlite_where=REFUSED)
 
 
