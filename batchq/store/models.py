@@ -77,8 +77,8 @@ class Chunk(Base):
     last_line: Mapped[int] = mapped_column(Integer)
     # JSON list of its lines' numbers, ascending (line_numbers_json). An index on lines'
     # (job_id, chunk_seq) found them before: rows arrive in file order and chunks group them
-    # by length, so each row went to a random place in it, a third of a big COPY's time
-    # (migration 0016).
+    # by length, so each row went to a random place in it: up to a third of a big COPY's
+    # time on a database holding earlier jobs (migration 0016; README, twelfth).
     line_nos: Mapped[str] = mapped_column(Text)
     # The variant's queue its message goes to and its workers sweep: a chunk's own, since a
     # job's lines may name different models.
