@@ -1,9 +1,9 @@
 """Each chunk lists its lines' numbers (chunks.line_nos), and lines lose their index on
 (job_id, chunk_seq), which claims used to find a chunk's lines. A big job's rows arrive in
 file order while chunks group lines by length, so each row went to a random place in that
-index: up to a third of a million-line COPY's time on a database holding earlier jobs. A partial index keeps finding the few lines
-refused at submit (chunk_seq 0), by status. Existing chunks get their numbers here, from that index,
-before it goes.
+index: up to a third of a million-line COPY's time on a database holding earlier jobs. A
+partial index keeps finding the few lines refused at submit (chunk_seq 0), by status.
+Existing chunks get their numbers here, from that index, before it goes.
 
 Revision ID: 0016
 Revises: 0015
