@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from batchq.service.batches import CANCELLED, COMPLETED, EXPIRED, BatchView, usage
+from batchq.service.batches import BatchView, usage
+from batchq.states import BatchStatus
 from batchq.store.tenancy import FileView
 
 
@@ -36,12 +37,12 @@ def batch_object(batch: BatchView) -> dict[str, Any]:
         "created_at": _ts(row.created_at),
         "in_progress_at": _ts(row.created_at) if job else None,  # validated at creation
         "expires_at": _ts(row.expires_at),
-        "finalizing_at": _ts(finished) if status == COMPLETED else None,
-        "completed_at": _ts(finished) if status == COMPLETED else None,
+        "finalizing_at": _ts(finished) if status is BatchStatus.COMPLETED else None,
+        "completed_at": _ts(finished) if status is BatchStatus.COMPLETED else None,
         "failed_at": _ts(row.failed_at),
-        "expired_at": _ts(finished) if status == EXPIRED else None,
+        "expired_at": _ts(finished) if status is BatchStatus.EXPIRED else None,
         "cancelling_at": _ts(row.cancelling_at),
-        "cancelled_at": _ts(finished) if status == CANCELLED else None,
+        "cancelled_at": _ts(finished) if status is BatchStatus.CANCELLED else None,
         "request_counts": {"total": counts.total if counts else 0,
                            "completed": counts.succeeded if counts else 0,
                            "failed": counts.failed + counts.expired if counts else 0},

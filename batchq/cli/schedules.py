@@ -198,21 +198,22 @@ def schedule_preview(name: str, force: bool) -> None:
     from batchq.schedule import registry
     from batchq.schedule.beat import Ticker
     from batchq.schedule.prepare import prepare
+    from batchq.states import DocumentStatus, RunStatus, RunTrigger
     from batchq.store.database import utcnow
     from batchq.store.schedules import RunView
 
     settings = get_settings()
     s = registry.get(name, settings)
     now = utcnow()
-    prepared = prepare(settings, s, RunView("preview", s.id, now, "manual", "waiting", now,
-                                            force=force), Ticker(settings).sizer)
+    prepared = prepare(settings, s, RunView("preview", s.id, now, RunTrigger.MANUAL,
+                                            RunStatus.WAITING, now, force=force), Ticker(settings).sizer)
     click.echo(f"{'DOCUMENT':<40}  {'STATUS':<10}  {'TOKENS':>7}  {'PARTS':>5}  NOTE")
     for d in prepared.documents:
         if d.part > 1:
             continue
         tokens = sum(x.tokens or 0 for x in prepared.documents
                      if x.path == d.path and x.tokens) or "-"
-        state = "runs" if d.status == "queued" else d.status
+        state = "runs" if d.status is DocumentStatus.QUEUED else d.status
         click.echo(f"{d.path[:40]:<40}  {state:<10}  {tokens:>7}  {d.parts:>5}  "
                    f"{d.error or ''}")
     click.echo(f"{len(prepared.lines)} line(s) would run", err=True)

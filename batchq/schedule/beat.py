@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from batchq.schedule.finish import advance, write
 from batchq.schedule.planning import plan
 from batchq.schedule.prepare import Sizer, prepare, submit
 from batchq.schedule.registry import policy_of, timing_of
+from batchq.states import DocumentStatus, RunStatus, RunTrigger
 from batchq.store import schedules as rows
 from batchq.store.database import utcnow
 from batchq.store.schedules import RunView, ScheduleView
@@ -53,13 +55,14 @@ class Ticker:
         for schedule in schedules.values():
             if schedule.paused_at is None:
                 self._decide(schedule, now)
-        for run in rows.runs_in(self.settings, ["preparing"]):
+        for run in rows.runs_in(self.settings, [RunStatus.PREPARING]):
             if run.started_at and run.started_at + PREPARE_LEASE < now:  # its beat died
-                rows.move_run(self.settings, run.id, ["preparing"], status="waiting")
-        for run in rows.runs_in(self.settings, ["waiting"]):
+                rows.move_run(self.settings, run.id, [RunStatus.PREPARING],
+                              status=RunStatus.WAITING)
+        for run in rows.runs_in(self.settings, [RunStatus.WAITING]):
             if run.schedule_id in schedules:
                 self._start(schedules[run.schedule_id], run, now)
-        for run in rows.runs_in(self.settings, ["running"]):
+        for run in rows.runs_in(self.settings, [RunStatus.RUNNING]):
             if run.schedule_id in schedules:
                 try:
                     advance(self.settings, schedules[run.schedule_id], run, self.sizer)
@@ -71,7 +74,8 @@ class Ticker:
         for decision in plan(timing_of(schedule), policy_of(schedule), after, now):
             created = rows.add_run(self.settings, RunView(
                 secrets.token_hex(16), schedule.id, decision.slot, decision.trigger,
-                "waiting" if decision.run else "missed", now, reason=decision.reason,
+                RunStatus.WAITING if decision.run else RunStatus.MISSED, now,
+                reason=decision.reason,
                 finished_at=None if decision.run else now))
             if created and not decision.run:
                 log.warning("schedule %s: %s not run: %s", schedule.name,
@@ -79,36 +83,40 @@ class Ticker:
 
     def _start(self, schedule: ScheduleView, run: RunView, now: datetime) -> None:
         busy = [r for r in rows.runs_of(self.settings, schedule.id,
-                                        statuses=("preparing", "running")) if r.id != run.id]
-        if busy and run.trigger != "manual":
+                                        statuses=(RunStatus.PREPARING, RunStatus.RUNNING))
+                if r.id != run.id]
+        if busy and run.trigger is not RunTrigger.MANUAL:
             if schedule.overlap == "skip":
-                rows.move_run(self.settings, run.id, ["waiting"], status="skipped",
+                rows.move_run(self.settings, run.id, [RunStatus.WAITING],
+                              status=RunStatus.SKIPPED,
                               finished_at=now, reason=f"the previous run (job "
                               f"{busy[0].job_id or '-'}) was still running")
             return  # overlap queue: it starts when the previous one has ended
-        if not rows.move_run(self.settings, run.id, ["waiting"], status="preparing",
-                             started_at=now):
+        if not rows.move_run(self.settings, run.id, [RunStatus.WAITING],
+                             status=RunStatus.PREPARING, started_at=now):
             return  # another beat took it
-        run = RunView(**{**run.__dict__, "status": "preparing", "started_at": now})
+        run = replace(run, status=RunStatus.PREPARING, started_at=now)
         try:
             prepared = prepare(self.settings, schedule, run, self.sizer)
         except (BatchqError, Unreadable) as exc:
-            rows.move_run(self.settings, run.id, ["preparing"], status="failed",
+            rows.move_run(self.settings, run.id, [RunStatus.PREPARING], status=RunStatus.FAILED,
                           finished_at=utcnow(), reason=str(exc))
             log.warning("schedule %s: run for %s failed: %s", schedule.name,
                         iso(run.scheduled_for), exc)
             return
         rows.add_documents(self.settings, schedule.id, run.id, prepared.documents)
         summary = {"fingerprint": prepared.fingerprint, "lines": len(prepared.lines),
-                   "new": prepared.count("queued"), "unchanged": prepared.count("unchanged"),
-                   "unreadable": prepared.count("unreadable"), "deleted": prepared.count("deleted")}
+                   "new": prepared.count(DocumentStatus.QUEUED),
+                   "unchanged": prepared.count(DocumentStatus.UNCHANGED),
+                   "unreadable": prepared.count(DocumentStatus.UNREADABLE),
+                   "deleted": prepared.count(DocumentStatus.DELETED)}
         if not prepared.lines:  # nothing new: the folder still gets its manifest
             write(self.settings, schedule, run, prepared.documents, summary)
             return
         job_id = submit(self.settings, schedule, run, prepared.lines,
                         f"{schedule.name} {iso(run.scheduled_for)}")
-        rows.move_run(self.settings, run.id, ["preparing"], status="running", job_id=job_id,
-                      summary=summary)
+        rows.move_run(self.settings, run.id, [RunStatus.PREPARING], status=RunStatus.RUNNING,
+                      job_id=job_id, summary=summary)
         log.info("schedule %s: run for %s started job %s (%d lines)", schedule.name,
                  iso(run.scheduled_for), job_id, len(prepared.lines))
 
@@ -139,7 +147,7 @@ class DatabaseScheduler(beat.Scheduler):
 def run_now(settings: Settings, schedule: ScheduleView, force: bool) -> RunView:
     """A run for now, outside the schedule's times; beat starts it at its next tick."""
     now = utcnow()
-    run = RunView(secrets.token_hex(16), schedule.id, now, "manual", "waiting", now,
-                  force=force)
+    run = RunView(secrets.token_hex(16), schedule.id, now, RunTrigger.MANUAL, RunStatus.WAITING,
+                  now, force=force)
     rows.add_run(settings, run)
     return run

@@ -23,7 +23,7 @@ from batchq.config import Settings
 from batchq.formats import LineResult
 from batchq.schedule.prepare import Sizers, submit
 from batchq.schedule.registry import template_of
-from batchq.states import LineStatus
+from batchq.states import DocumentStatus, LineStatus, RunStatus
 from batchq.store import reads
 from batchq.store import schedules as rows
 from batchq.store.database import utcnow
@@ -52,7 +52,7 @@ def advance(settings: Settings, schedule: ScheduleView, run: RunView, sizers: Si
         if combine:
             summary["reduce_job"] = submit(settings, schedule, run, combine,
                                            f"{schedule.name} {iso(run.scheduled_for)} combine")
-            rows.move_run(settings, run.id, ["running"], summary=summary)
+            rows.move_run(settings, run.id, [RunStatus.RUNNING], summary=summary)
             return False
     write(settings, schedule, run, documents, summary)
     return True
@@ -95,12 +95,13 @@ def write(settings: Settings, schedule: ScheduleView, run: RunView,
             line = _result(doc, results, combined)
             if line is None:  # a part whose document has one combined answer instead
                 continue
-            counts[line["status"]] += 1
-            target = out if line["status"] == "succeeded" else errors
-            if line["status"] in ("unchanged", "deleted"):
+            status = DocumentStatus(line["status"])
+            counts[status] += 1
+            target = out if status is DocumentStatus.SUCCEEDED else errors
+            if status in (DocumentStatus.UNCHANGED, DocumentStatus.DELETED):
                 continue  # noted in the manifest, not errors
             target.write(json.dumps(line, ensure_ascii=False) + "\n")
-            if line["status"] == "succeeded" and schedule.options.get("per_document"):
+            if status is DocumentStatus.SUCCEEDED and schedule.options.get("per_document"):
                 name = doc.path + ("" if doc.parts == 1 or line["part"] == 0
                                    else f".part{doc.part}") + ".txt"
                 (aside / "documents" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ def write(settings: Settings, schedule: ScheduleView, run: RunView,
         "trigger": run.trigger, "job": run.job_id, "combine_job": summary.get("reduce_job"),
         "model": schedule.model, "fingerprint": summary.get("fingerprint"),
         "documents": dict(counts),
-        "deleted": sorted(d.path for d in documents if d.status == "deleted"),
+        "deleted": sorted(d.path for d in documents if d.status is DocumentStatus.DELETED),
         "created_at": iso(run.created_at), "started_at": iso(run.started_at),
         "finished_at": iso(now)}
     (aside / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -125,8 +126,10 @@ def write(settings: Settings, schedule: ScheduleView, run: RunView,
     for doc in documents:
         if doc.custom_id and doc.custom_id in results:
             r = results[doc.custom_id]
-            rows.set_document_status(settings, run.id, doc.custom_id, r.status.value, r.error)
-    rows.move_run(settings, run.id, ["running", "preparing"], status="completed",
+            rows.set_document_status(settings, run.id, doc.custom_id,
+                                     DocumentStatus(r.status.value), r.error)
+    rows.move_run(settings, run.id, [RunStatus.RUNNING, RunStatus.PREPARING],
+                  status=RunStatus.COMPLETED,
                   finished_at=now, output_path=str(final),
                   summary={**summary, **{k: v for k, v in counts.items()}})
 
@@ -145,7 +148,7 @@ def _result(doc: DocumentRow, results: dict[str, LineResult],
     else:
         row = results.get(doc.custom_id)
     if row is None:
-        return {**base, "status": "failed", "output": None,
+        return {**base, "status": DocumentStatus.FAILED, "output": None,
                 "error": "its line has no result (the job was cancelled?)"}
     line = {**base, "custom_id": row.custom_id, "status": row.status.value,
             "output": row.output, "finish_reason": row.finish_reason, "usage": row.usage,

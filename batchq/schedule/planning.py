@@ -9,6 +9,7 @@ from datetime import datetime
 
 from batchq.errors import ConfigError
 from batchq.schedule.timing import Timing
+from batchq.states import RunTrigger
 
 OVERLAP = ("skip", "queue")  # when the previous run's job is still running at a new time
 CATCH_UP = ("none", "latest", "all")  # what to do with times beat was not there for
@@ -33,7 +34,7 @@ class Policy:
 class Decision:
     slot: datetime  # the scheduled time (UTC)
     run: bool  # False: recorded as missed, with the reason
-    trigger: str  # on-time | catch-up
+    trigger: RunTrigger
     reason: str | None = None
 
 
@@ -54,16 +55,17 @@ def plan(timing: Timing, policy: Policy, after: datetime, now: datetime) -> list
     decisions = []
     for t in late:
         if t in catch:
-            decisions.append(Decision(t, True, "catch-up"))
+            decisions.append(Decision(t, True, RunTrigger.CATCH_UP))
         elif t in recent:
             why = ("a later time runs instead" if policy.catch_up == "latest"
                    else "catch-up is none")
-            decisions.append(Decision(t, False, "catch-up", f"beat was not running; {why}"))
+            decisions.append(Decision(t, False, RunTrigger.CATCH_UP,
+                                      f"beat was not running; {why}"))
         else:
-            decisions.append(Decision(t, False, "catch-up",
+            decisions.append(Decision(t, False, RunTrigger.CATCH_UP,
                                       f"beat was not running, and this is past the catch-up "
                                       f"window ({window}s)"))
-    decisions += [Decision(t, True, "on-time") for t in on_time]
+    decisions += [Decision(t, True, RunTrigger.ON_TIME) for t in on_time]
     if len(decisions) > MAX_RECORDED:
         dropped = len(decisions) - MAX_RECORDED
         decisions = decisions[dropped:]

@@ -22,6 +22,7 @@ from batchq.engine.types import DEFAULT_MAX_NEW_TOKENS
 from batchq.schedule.documents import Unreadable, paragraphs, scan, text_of
 from batchq.schedule.registry import generation_of, template_of
 from batchq.schedule.templates import PromptTemplate
+from batchq.states import DocumentStatus
 from batchq.store import schedules as rows
 from batchq.store.schedules import DocumentRow, RunView, ScheduleView
 from batchq.variants import resolve
@@ -61,7 +62,7 @@ class Prepared:
     documents: list[DocumentRow] = field(default_factory=list)
     fingerprint: str = ""
 
-    def count(self, status: str) -> int:
+    def count(self, status: DocumentStatus) -> int:
         return len({d.path for d in self.documents if d.status == status})
 
 
@@ -118,10 +119,10 @@ def prepare(settings: Settings, schedule: ScheduleView, run: RunView,
     seen = set()
     for index, document in enumerate(scan(folder, schedule.glob), start=1):
         seen.add(document.relative)
-        row = DocumentRow(document.relative, document.content_hash, fp, "queued")
+        row = DocumentRow(document.relative, document.content_hash, fp, DocumentStatus.QUEUED)
         if document.content_hash in done:
             prepared.documents.append(DocumentRow(document.relative, document.content_hash, fp,
-                                                  "unchanged"))
+                                                  DocumentStatus.UNCHANGED))
             continue
         try:
             text = text_of(document)
@@ -132,18 +133,20 @@ def prepare(settings: Settings, schedule: ScheduleView, run: RunView,
             parts = [text] if tokens <= budget else split(text, budget, sizer)
         except Unreadable as exc:
             prepared.documents.append(DocumentRow(document.relative, document.content_hash,
-                                                  fp, "unreadable", error=str(exc)))
+                                                  fp, DocumentStatus.UNREADABLE,
+                                                  error=str(exc)))
             continue
         for part, piece in enumerate(parts, start=1):
             custom_id = f"d{index}p{part}"
             prompt = template.render(document=piece, filename=document.name,
                                      path=document.relative, part=part, parts=len(parts))
             prepared.lines.append({"custom_id": custom_id, "prompt": prompt})
-            prepared.documents.append(DocumentRow(row.path, row.content_hash, fp, "queued",
+            prepared.documents.append(DocumentRow(row.path, row.content_hash, fp,
+                                                  DocumentStatus.QUEUED,
                                                   custom_id, part, len(parts),
                                                   len(sizer.text_tokens(piece))))
     for gone in sorted(rows.known_paths(settings, schedule.id) - seen):
-        prepared.documents.append(DocumentRow(gone, "", fp, "deleted"))
+        prepared.documents.append(DocumentRow(gone, "", fp, DocumentStatus.DELETED))
     return prepared
 
 

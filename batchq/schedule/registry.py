@@ -17,6 +17,7 @@ from batchq.schedule.planning import Policy
 from batchq.schedule.templates import PromptTemplate
 from batchq.schedule.timing import Timing
 from batchq.service import JobSettings
+from batchq.states import RunStatus, RunTrigger
 from batchq.store import schedules as rows
 from batchq.store.database import utcnow
 from batchq.store.schedules import RunView, ScheduleView
@@ -129,9 +130,9 @@ def resume(name: str, settings: Settings) -> None:
         return
     paused_from, now = schedule.paused_at, utcnow()
     for slot in list(timing_of(schedule).slots(paused_from, now))[-20:]:
-        rows.add_run(settings, RunView(secrets.token_hex(16), schedule.id, slot, "on-time",
-                                       "missed", now, reason="the schedule was paused",
-                                       finished_at=now))
+        rows.add_run(settings, RunView(secrets.token_hex(16), schedule.id, slot,
+                                       RunTrigger.ON_TIME, RunStatus.MISSED, now,
+                                       reason="the schedule was paused", finished_at=now))
     rows.set_paused(settings, name, None, None)
 
 

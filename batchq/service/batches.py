@@ -23,7 +23,7 @@ from batchq.formats import OPENAI_URLS, LineError, Request, openai_kind
 from batchq.service import files, lifecycle
 from batchq.service.intake import check_all, open_input
 from batchq.service.submit import store_checked
-from batchq.states import JobStatus
+from batchq.states import BatchStatus, JobStatus
 from batchq.store import reads, tenancy
 from batchq.store.database import utcnow
 from batchq.store.intake import NewJob
@@ -37,10 +37,6 @@ MAX_WINDOW_SECONDS = 30 * 86400
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-# A batch's status, by what its job is doing (README: "The Batches API", status table).
-VALIDATING, FAILED, IN_PROGRESS, COMPLETED = "validating", "failed", "in_progress", "completed"
-EXPIRED, CANCELLING, CANCELLED = "expired", "cancelling", "cancelled"
-
 
 @dataclass(frozen=True)
 class BatchView:
@@ -50,23 +46,25 @@ class BatchView:
     error_file_id: str | None = None
 
     @property
-    def status(self) -> str:
+    def status(self) -> BatchStatus:
+        """What its job is doing, in OpenAI's words (README: "The Batches API", status
+        table)."""
         row, job = self.row, self.job
         if row.failed_at is not None:
-            return FAILED
+            return BatchStatus.FAILED
         if job is None:
-            return VALIDATING
-        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            return CANCELLING if row.cancelling_at else IN_PROGRESS
+            return BatchStatus.VALIDATING
+        if not job.status.final:
+            return BatchStatus.CANCELLING if row.cancelling_at else BatchStatus.IN_PROGRESS
         if job.status is JobStatus.CANCELLED:
-            return CANCELLING if job.running_chunks else CANCELLED
+            return BatchStatus.CANCELLING if job.running_chunks else BatchStatus.CANCELLED
         if job.status is JobStatus.EXPIRED:
-            return EXPIRED
-        return COMPLETED  # every line ended; failed ones are counted, as OpenAI does
+            return BatchStatus.EXPIRED
+        return BatchStatus.COMPLETED  # every line ended; failed ones are counted, as OpenAI does
 
     @property
     def final(self) -> bool:
-        return self.status in (FAILED, COMPLETED, EXPIRED, CANCELLED)
+        return self.status.final
 
 
 def window_seconds(window: str) -> int:
@@ -214,7 +212,7 @@ def _view(settings: Settings, row: BatchRow) -> BatchView:
         Transitions(settings).expire_overdue(job.id)
         job = reads.job_view(settings, row.job_id)
     batch = BatchView(row, job)
-    if batch.status not in (COMPLETED, EXPIRED, CANCELLED):
+    if batch.status not in (BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED):
         return batch
     c = job.counts
     output = _rendered_file(settings, row, job, "output") if c.succeeded else None
@@ -259,7 +257,7 @@ def cancel(settings: Settings, tenant: Tenant, batch_id: str) -> BatchView:
 def retry(settings: Settings, tenant: Tenant, batch_id: str) -> BatchView:
     """Run a completed batch's failed lines again (`batchq retry`)."""
     batch = view(settings, tenant, batch_id)
-    if batch.job is None or batch.status != COMPLETED:
+    if batch.job is None or batch.status is not BatchStatus.COMPLETED:
         raise NotNow(f"batch {batch_id} is {batch.status}; only a completed batch with failed "
                      "lines can be retried")
     if not batch.job.counts.failed:

@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from batchq.store.columns import Base, BigId, SafeText, UtcDateTime
+from batchq.states import DocumentStatus, RunStatus, RunTrigger
+from batchq.store.columns import Base, BigId, EnumText, SafeText, UtcDateTime
 
 
 class Schedule(Base):
@@ -48,9 +49,8 @@ class ScheduleRun(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     schedule_id: Mapped[str] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
     scheduled_for: Mapped[datetime] = mapped_column(UtcDateTime())
-    trigger: Mapped[str] = mapped_column(String(16))  # on-time | catch-up | manual
-    # waiting | preparing | running | completed | failed | skipped | missed
-    status: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[RunTrigger] = mapped_column(EnumText(RunTrigger, 16))
+    status: Mapped[RunStatus] = mapped_column(EnumText(RunStatus, 16))
     reason: Mapped[str | None] = mapped_column(Text)  # why skipped, missed or failed
     force: Mapped[bool] = mapped_column(default=False)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
@@ -81,6 +81,5 @@ class ScheduleDocument(Base):
     part: Mapped[int] = mapped_column(Integer, default=1)
     parts: Mapped[int] = mapped_column(Integer, default=1)
     tokens: Mapped[int | None] = mapped_column(Integer)
-    # queued | succeeded | failed | unreadable | unchanged | deleted
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[DocumentStatus] = mapped_column(EnumText(DocumentStatus, 16))
     error: Mapped[str | None] = mapped_column(SafeText)

@@ -14,12 +14,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from batchq.config import Settings
+from batchq.states import DocumentStatus, RunStatus, RunTrigger
 from batchq.store.schedule_models import Schedule, ScheduleDocument, ScheduleRun
 from batchq.store.sessions import changed_rows, session_scope
-
-# A run's statuses: waiting (for the previous run, overlap=queue), preparing (its documents
-# being read), running (its job), completed, failed, skipped (overlap=skip), missed.
-OPEN_RUN_STATUSES = ("waiting", "preparing", "running")
 
 
 @dataclass(frozen=True)
@@ -50,8 +47,8 @@ class RunView:
     id: str
     schedule_id: str
     scheduled_for: datetime
-    trigger: str
-    status: str
+    trigger: RunTrigger
+    status: RunStatus
     created_at: datetime
     reason: str | None = None
     force: bool = False
@@ -68,7 +65,7 @@ class DocumentRow:
     path: str
     content_hash: str
     fingerprint: str
-    status: str  # queued | succeeded | failed | unreadable | unchanged | deleted
+    status: DocumentStatus
     custom_id: str | None = None
     part: int = 1
     parts: int = 1
@@ -148,7 +145,7 @@ def last_slot(settings: Settings, schedule_id: str) -> datetime | None:
     with session_scope(settings) as session:
         latest: datetime | None = session.scalar(
             select(func.max(ScheduleRun.scheduled_for))
-            .where(ScheduleRun.schedule_id == schedule_id, ScheduleRun.trigger != "manual"))
+            .where(ScheduleRun.schedule_id == schedule_id, ScheduleRun.trigger != RunTrigger.MANUAL))
         return latest
 
 
@@ -166,7 +163,7 @@ def add_run(settings: Settings, run: RunView) -> bool:
 
 
 def runs_of(settings: Settings, schedule_id: str, limit: int = 20,
-            statuses: Sequence[str] | None = None) -> list[RunView]:
+            statuses: Sequence[RunStatus] | None = None) -> list[RunView]:
     """Newest scheduled time first."""
     with session_scope(settings) as session:
         query = select(ScheduleRun).where(ScheduleRun.schedule_id == schedule_id)
@@ -176,7 +173,7 @@ def runs_of(settings: Settings, schedule_id: str, limit: int = 20,
         return [_run(row) for row in rows]
 
 
-def runs_in(settings: Settings, statuses: Sequence[str]) -> list[RunView]:
+def runs_in(settings: Settings, statuses: Sequence[RunStatus]) -> list[RunView]:
     """Every schedule's runs in these statuses, oldest scheduled time first."""
     with session_scope(settings) as session:
         rows = session.scalars(select(ScheduleRun).where(ScheduleRun.status.in_(statuses))
@@ -184,7 +181,7 @@ def runs_in(settings: Settings, statuses: Sequence[str]) -> list[RunView]:
         return [_run(row) for row in rows]
 
 
-def move_run(settings: Settings, run_id: str, from_statuses: Sequence[str],
+def move_run(settings: Settings, run_id: str, from_statuses: Sequence[RunStatus],
              **values: Any) -> bool:
     """Compare-and-set: change the run only if it is still in one of from_statuses."""
     if "summary" in values and not isinstance(values["summary"], str):
@@ -221,7 +218,8 @@ def documents_of(settings: Settings, run_id: str) -> list[DocumentRow]:
                             r.part, r.parts, r.tokens, r.error) for r in rows]
 
 
-def set_document_status(settings: Settings, run_id: str, custom_id: str, status: str,
+def set_document_status(settings: Settings, run_id: str, custom_id: str,
+                        status: DocumentStatus,
                         error: str | None) -> None:
     with session_scope(settings) as session:
         session.execute(update(ScheduleDocument).where(
@@ -236,7 +234,8 @@ def processed_hashes(settings: Settings, schedule_id: str, fingerprint: str) -> 
         return set(session.scalars(select(ScheduleDocument.content_hash).where(
             ScheduleDocument.schedule_id == schedule_id,
             ScheduleDocument.fingerprint == fingerprint,
-            ScheduleDocument.status.in_(("succeeded", "unchanged", "unreadable")))))
+            ScheduleDocument.status.in_((DocumentStatus.SUCCEEDED, DocumentStatus.UNCHANGED,
+                                         DocumentStatus.UNREADABLE)))))
 
 
 def known_paths(settings: Settings, schedule_id: str) -> set[str]:
@@ -246,4 +245,4 @@ def known_paths(settings: Settings, schedule_id: str) -> set[str]:
                   .where(ScheduleDocument.schedule_id == schedule_id)
                   .group_by(ScheduleDocument.path))
         return set(session.scalars(select(ScheduleDocument.path).where(
-            ScheduleDocument.id.in_(latest), ScheduleDocument.status != "deleted")))
+            ScheduleDocument.id.in_(latest), ScheduleDocument.status != DocumentStatus.DELETED)))

@@ -9,7 +9,14 @@ from datetime import timedelta
 from sqlalchemy import and_, func, select
 
 from batchq.config import Settings
-from batchq.states import ACTIVE_JOB_STATUSES, ChunkStatus, JobStatus, LineStatus
+from batchq.states import (
+    ACTIVE_JOB_STATUSES,
+    ChunkStatus,
+    DocumentStatus,
+    JobStatus,
+    LineStatus,
+    RunStatus,
+)
 from batchq.store import final_counts
 from batchq.store.database import utcnow
 from batchq.store.models import BatchRun, Chunk, Job
@@ -25,9 +32,9 @@ class Totals:
     recent_tokens: dict[str, int]  # queue -> completion tokens of batches that ended lately
     chunks: dict[tuple[str, ChunkStatus], int]  # of unfinished jobs
     oldest_pending: dict[str, float]  # queue -> age in seconds of its oldest pending line's job
-    schedule_runs: dict[tuple[str, str], int] = field(default_factory=dict)  # (name, status)
+    schedule_runs: dict[tuple[str, RunStatus], int] = field(default_factory=dict)  # by name
     schedule_last_success: dict[str, float] = field(default_factory=dict)  # name -> unix time
-    schedule_documents: dict[tuple[str, str], int] = field(default_factory=dict)
+    schedule_documents: dict[tuple[str, DocumentStatus], int] = field(default_factory=dict)
 
     @property
     def active_queues(self) -> list[str]:
@@ -67,7 +74,7 @@ def totals(settings: Settings, window_seconds: float) -> Totals:
             .group_by(Schedule.name, ScheduleRun.status))}
         succeeded = {name: when.timestamp() for name, when in session.execute(
             select(Schedule.name, func.max(ScheduleRun.finished_at)).join(Schedule)
-            .where(ScheduleRun.status == "completed").group_by(Schedule.name)) if when}
+            .where(ScheduleRun.status == RunStatus.COMPLETED).group_by(Schedule.name)) if when}
         documents = {(name, status): n for name, status, n in session.execute(
             select(Schedule.name, ScheduleDocument.status, func.count())
             .join(Schedule, Schedule.id == ScheduleDocument.schedule_id)
