@@ -222,6 +222,46 @@ def test_chunks_stored_before_0016_get_their_line_numbers_and_go_down_and_up_aga
         assert conn.execute(text("SELECT count(*) FROM lines")).scalar_one() == 6
 
 
+def test_chunks_stored_before_0017_get_their_reasoning_tokens_from_their_lines(
+        empty_database, tmp_path):
+    """Migration 0017 sums the reasoning tokens of each existing chunk's lines into
+    chunks.reasoning_tokens, which a job's metrics (and an HTTP batch's usage) now read."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from batchq.config import Settings
+    from batchq.store.reads import job_view
+
+    url = empty_database
+    _alembic(url, command.upgrade, "0016")
+    engine = get_engine(url)
+    reasoning = {1: 5, 2: None, 3: 7, 4: 2}  # lines 1-2 in chunk 1, lines 3-4 in chunk 2
+    with engine.begin() as conn:
+        _add_job(conn, "b" * 32, "q", lines=4, chunks=2)
+        for line_no, tokens in reasoning.items():
+            conn.execute(text("UPDATE lines SET chunk_seq = :seq, status = 'succeeded', "
+                              "reasoning_tokens = :tokens WHERE line_no = :n"),
+                         {"seq": 1 if line_no <= 2 else 2, "tokens": tokens, "n": line_no})
+        for seq in (1, 2):
+            conn.execute(text(
+                "INSERT INTO chunks (job_id, seq, first_line, last_line, line_nos, queue, model, "
+                "quant, status, attempts, batches, prompt_tokens, padded_prompt_tokens, "
+                "completion_tokens, decode_slots, generate_seconds, peak_memory_bytes) VALUES "
+                "(:job, :seq, 1, 4, '[]', 'q', 'm', 'none', 'done', 1, 1, 0, 0, 20, 0, 0, 0)"),
+                {"job": "b" * 32, "seq": seq})
+
+    assert upgrade(url) == head_revision()
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT seq, reasoning_tokens FROM chunks")).tuples().all()) == {
+            1: 5, 2: 9}
+    settings = Settings.from_env({"BATCHQ_HOME": str(tmp_path), "BATCHQ_DATABASE_URL": url})
+    metrics = job_view(settings, "b" * 32).metrics
+    assert (metrics.completion_tokens, metrics.reasoning_tokens) == (40, 14)
+    _alembic(url, command.downgrade, "0016")
+    _alembic(url, command.upgrade, "head")
+    assert diff(url) == []
+
+
 def test_the_head_read_from_the_files_is_alembics_head():
     """The schema check reads the head without Alembic (it is cheaper); both must agree."""
     from alembic.script import ScriptDirectory

@@ -116,6 +116,14 @@ def test_thinking_through_the_worker_in_every_result_format(services_env, thinki
     assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 9}
     message = out["oa-off"]["response"]["body"]["choices"][0]["message"]
     assert message == {"role": "assistant", "content": ANSWER}
+    # The job counts its lines' reasoning among its completion tokens (and an HTTP batch's
+    # usage.output_tokens_details.reasoning_tokens is this count).
+    usages = [r["usage"] if "usage" in r else r["response"]["body"]["usage"] for r in out.values()]
+    metrics = json.loads(batchq("status", done.stdout.strip(), "--json",
+                                env=services_env).stdout)["metrics"]
+    assert metrics["reasoning_tokens"] == sum(
+        u.get("completion_tokens_details", {}).get("reasoning_tokens", 0) for u in usages) > 18
+    assert metrics["completion_tokens"] == sum(u["completion_tokens"] for u in usages)
 
     # The whole job with thinking off, where no line says otherwise.
     data.write_text(json.dumps({"custom_id": "a", "prompt": "How many sheep?"}) + "\n"

@@ -44,6 +44,7 @@ class Stats:
     prompt_tokens: int = 3
     padded_prompt_tokens: int = 3
     completion_tokens: int = 2
+    reasoning_tokens: int = 0
     decode_slots: int = 2
     seconds: float = 0.1
     peak_memory_bytes: int = 0
@@ -254,7 +255,8 @@ def test_a_batch_write_stores_every_field_and_names_the_next_batch_in_flight(set
         Out(b, '{"cut', "length", completion_tokens=9, error="JSON cut off"),
         Out(c, "answer", reasoning="because\x00", reasoning_tokens=3, tool_calls=calls),
     ], [Stats(rows=3, prompt_tokens=20, padded_prompt_tokens=24, completion_tokens=15,
-             decode_slots=18, seconds=0.5, peak_memory_bytes=123)], next_batch=[d, e],
+             reasoning_tokens=3, decode_slots=18, seconds=0.5, peak_memory_bytes=123)],
+        next_batch=[d, e],
         deduplicated=1)
     assert status is JobStatus.RUNNING
 
@@ -280,7 +282,7 @@ def test_a_batch_write_stores_every_field_and_names_the_next_batch_in_flight(set
     assert in_flight(settings, chunk.id) == [d, e]
     view = job_view(settings, job_id)
     m = view.metrics
-    assert (m.batches, m.prompt_tokens, m.completion_tokens) == (1, 20, 15)
+    assert (m.batches, m.prompt_tokens, m.completion_tokens, m.reasoning_tokens) == (1, 20, 15, 3)
     with session_scope(settings) as session:
         run, = session.scalars(select(BatchRun).where(BatchRun.job_id == job_id))
         assert (run.chunk_seq, run.worker, run.rows, run.padded_prompt_tokens,

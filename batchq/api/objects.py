@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from batchq.service.batches import BatchView, usage
+from batchq.service.batches import BatchView
 from batchq.states import BatchStatus
 from batchq.store.tenancy import FileView
+from batchq.store.views import JobView
 
 
 def _ts(moment: datetime | None) -> int | None:
@@ -27,7 +28,6 @@ def batch_object(batch: BatchView) -> dict[str, Any]:
     row, job, status = batch.row, batch.job, batch.status
     finished = job.metrics.finished_at if job else None
     counts = job.counts if job else None
-    spent = usage(job)
     return {
         "id": row.id, "object": "batch", "endpoint": row.endpoint, "model": row.model,
         "errors": ({"object": "list", "data": row.errors} if row.errors else None),
@@ -47,12 +47,19 @@ def batch_object(batch: BatchView) -> dict[str, Any]:
                            "completed": counts.succeeded if counts else 0,
                            "failed": counts.failed + counts.expired if counts else 0},
         "metadata": row.metadata,
-        "usage": {"input_tokens": spent["input_tokens"],
-                  "input_tokens_details": {"cached_tokens": 0},
-                  "output_tokens": spent["output_tokens"],
-                  "output_tokens_details": {"reasoning_tokens": 0},
-                  "total_tokens": spent["total_tokens"]},
+        "usage": usage(job),
     }
+
+
+def usage(job: JobView | None) -> dict[str, Any]:
+    """Tokens the batch's generations used (an identical line answered from another's output
+    costs nothing); a thinking model's reasoning is a part of the output tokens."""
+    m = job.metrics if job else None
+    prompt, output = (m.prompt_tokens, m.completion_tokens) if m else (0, 0)
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": m.reasoning_tokens if m else 0},
+            "total_tokens": prompt + output}
 
 
 def page(objects: Sequence[dict[str, Any]], has_more: bool) -> dict[str, Any]:

@@ -36,8 +36,9 @@ def print_status(job: JobView) -> None:
         f"finished {iso(m.finished_at) or '-'}",
         f"timing    queue wait {_secs(m.queue_wait_seconds)}, run {_secs(m.run_seconds)}, "
         f"generating {_secs(round(m.generate_seconds, 3))} in {m.batches} batch(es)",
-        f"tokens    {m.prompt_tokens} prompt, {m.completion_tokens} completion, "
-        f"{m.tokens_per_second or '-'} tok/s"
+        f"tokens    {m.prompt_tokens} prompt, {m.completion_tokens} completion"
+        + (f" ({m.reasoning_tokens} of them reasoning)" if m.reasoning_tokens else "")
+        + f", {m.tokens_per_second or '-'} tok/s"
         + (f"; {m.deduplicated_lines} line(s) answered from an identical line, not generated"
            if m.deduplicated_lines else ""),
         f"padding   efficiency {percent(m.padding_efficiency)} of prompt slots, "

@@ -185,6 +185,7 @@ class ModelRunner:
             prompt_tokens=sum(len(item.ids) for item in items),
             padded_prompt_tokens=width * len(items),
             completion_tokens=sum(c.completion_tokens for c in completions),
+            reasoning_tokens=sum(c.reasoning_tokens for c in completions),
             decode_slots=len(items) * len(generated[0]) if generated else 0,
             seconds=seconds,
             peak_memory_bytes=self.device.peak_memory()))

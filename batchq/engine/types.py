@@ -126,6 +126,7 @@ class BatchStats:
     prompt_tokens: int = 0
     padded_prompt_tokens: int = 0  # what prefill paid for: rows x width for a padded batch
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens, a thinking model's reasoning
     decode_slots: int = 0  # rows x decode steps: what decoding paid for
     seconds: float = 0.0
     peak_memory_bytes: int = 0

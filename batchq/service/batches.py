@@ -11,7 +11,6 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -274,11 +273,4 @@ def results(settings: Settings, tenant: Tenant, batch_id: str, errors: bool
     if batch.job is None:
         return iter(())
     return files.render_lines(settings, batch.job.id, errors=errors)
-
-
-def usage(job: JobView | None) -> dict[str, Any]:
-    prompt = job.metrics.prompt_tokens if job else 0
-    completion = job.metrics.completion_tokens if job else 0
-    return {"input_tokens": prompt, "output_tokens": completion,
-            "total_tokens": prompt + completion}
 

@@ -67,6 +67,8 @@ class Measured(Protocol):
     @property
     def completion_tokens(self) -> int: ...
     @property
+    def reasoning_tokens(self) -> int: ...
+    @property
     def decode_slots(self) -> int: ...
     @property
     def seconds(self) -> float: ...
@@ -76,7 +78,7 @@ class Measured(Protocol):
 
 # What a batch adds to its chunk's totals (the job's metrics sum them).
 CHUNK_SUMS = ("batches", "prompt_tokens", "padded_prompt_tokens", "completion_tokens",
-              "decode_slots", "generate_seconds", "deduplicated_lines")
+              "decode_slots", "generate_seconds", "deduplicated_lines", "reasoning_tokens")
 # A line's result columns, in this order in every statement below, each with the type of the
 # array PostgreSQL's one statement passes it in.
 RESULT_TYPES = {"status": "varchar", "output": "text", "error": "text", "finish_reason": "varchar",
@@ -100,7 +102,7 @@ def write_batch(db: Connection, chunk: ChunkRef, token: int, worker: str,
     runs = [run for run in runs if run.rows]
     sums = (len(runs), *(sum(getattr(run, name) for run in runs) for name in (
         "prompt_tokens", "padded_prompt_tokens", "completion_tokens", "decode_slots", "seconds")),
-        deduplicated)
+        deduplicated, sum(run.reasoning_tokens for run in runs))
     peak = max((run.peak_memory_bytes for run in runs), default=0)
     # The batches ran back to back, the last one ending now: when each ended (what `batchq
     # report` plots them by), and when the first started (their lines' start), near enough.

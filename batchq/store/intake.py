@@ -213,4 +213,4 @@ def _chunk_row(job_id: str, seq: int, line_nos: array[int], variant: Variant,
             "attempts": 0, "enqueued_at": now,
             "batches": 0, "prompt_tokens": 0, "padded_prompt_tokens": 0,
             "completion_tokens": 0, "decode_slots": 0, "generate_seconds": 0.0,
-            "peak_memory_bytes": 0, "deduplicated_lines": 0}
+            "peak_memory_bytes": 0, "deduplicated_lines": 0, "reasoning_tokens": 0}

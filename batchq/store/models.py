@@ -108,6 +108,8 @@ class Chunk(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     padded_prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of those, a thinking model's reasoning (between <think> and </think>).
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     decode_slots: Mapped[int] = mapped_column(BigInteger, default=0)
     generate_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     # Lines answered with an identical line's output, not generated again (dedup).

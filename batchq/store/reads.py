@@ -109,16 +109,17 @@ def describe(session: Session, job: Job) -> JobView:
         func.coalesce(func.sum(Chunk.batches), 0),
         func.coalesce(func.max(Chunk.peak_memory_bytes), 0),
         func.coalesce(func.sum(Chunk.deduplicated_lines), 0),
+        func.coalesce(func.sum(Chunk.reasoning_tokens), 0),
     ).where(Chunk.job_id == job.id)).one()
     # PostgreSQL sums BIGINT columns into NUMERIC: bring them back to Python ints.
-    prompt, padded, completion, slots, batches, peak, deduplicated = (
+    prompt, padded, completion, slots, batches, peak, deduplicated, reasoning = (
         int(v) for v in (*totals[:4], *totals[5:]))
     metrics = JobMetrics(
         created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, now=utcnow(), generate_seconds=float(totals[4]),
         batches=batches, prompt_tokens=prompt, padded_prompt_tokens=padded,
         completion_tokens=completion, decode_slots=slots, peak_memory_bytes=peak,
-        deduplicated_lines=deduplicated)
+        deduplicated_lines=deduplicated, reasoning_tokens=reasoning)
     counts = line_counts(session, job)
     shares = variant_shares(session, job, counts)
     return JobView(

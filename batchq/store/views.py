@@ -90,6 +90,7 @@ class JobMetrics:
     decode_slots: int
     peak_memory_bytes: int
     deduplicated_lines: int = 0  # answered with an identical line's output, not generated
+    reasoning_tokens: int = 0  # of completion_tokens, a thinking model's reasoning
 
     @property
     def queue_wait_seconds(self) -> float | None:
@@ -129,6 +130,7 @@ class JobMetrics:
             "queue_wait_seconds": self.queue_wait_seconds, "run_seconds": self.run_seconds,
             "generate_seconds": round(self.generate_seconds, 3), "batches": self.batches,
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "tokens_per_second": self.tokens_per_second,
             "padding_efficiency": self.padding_efficiency,
             "decode_efficiency": self.decode_efficiency,

@@ -94,5 +94,6 @@ class ContinuousBatches(Strategy):
         return BatchOutput(done, BatchStats(
             rows=len(done), prompt_tokens=prompt_tokens, padded_prompt_tokens=prompt_tokens,
             completion_tokens=tokens, decode_slots=tokens,
+            reasoning_tokens=sum(c.reasoning_tokens for c in done),
             seconds=self.runner.device.elapsed(clock),
             peak_memory_bytes=self.runner.device.peak_memory()))
