@@ -101,6 +101,16 @@ def worker(api_env, tiny_model, tmp_path_factory):
     stop_all([started])
 
 
+@pytest.fixture(scope="module")
+def thinking_worker(api_env, thinking_model, tmp_path_factory):
+    """A worker of a second variant: the scripted Qwen3, which reasons, then answers 'Three.'"""
+    log = tmp_path_factory.mktemp("api-qwen3-worker") / "worker.log"
+    started = WorkerProcess(["--model", str(thinking_model)], api_env, log, cwd=REPO)
+    started.wait_ready()
+    yield started
+    stop_all([started])
+
+
 def new_key(env: dict[str, str], name: str, **limits: int) -> str:
     from batchq import service
 
@@ -194,7 +204,7 @@ def test_a_file_with_bad_lines_fails_validation_naming_every_one(server, api_env
                   "body": {"model": "gpt-4o-mini", "prompt": "hi"}}
     rows = [chat_line(1, "gpt-4o-mini"), "{not json", completion,
             {**chat_line(4, "gpt-4o-mini"), "custom_id": "req-1"},
-            chat_line(5, str(tiny_model)),  # a model other than the first line's
+            chat_line(5, "gpt-9-turbo"),  # no alias, no catalogue entry, no directory
             {"custom_id": "no-model", "method": "POST", "url": "/v1/chat/completions",
              "body": {"messages": [{"role": "user", "content": "hi"}]}},
             chat_line(7, "gpt-4o-mini", temperature=9)]
@@ -206,7 +216,8 @@ def test_a_file_with_bad_lines_fails_validation_naming_every_one(server, api_env
     assert errors[2].message.startswith("invalid JSON")
     assert (errors[3].code, errors[3].param) == ("mismatched_endpoint", "url")
     assert errors[4].code == "duplicate_custom_id" and "first used on line 1" in errors[4].message
-    assert (errors[5].code, errors[5].param) == ("mismatched_model", "body.model")
+    assert (errors[5].code, errors[5].param) == ("model_not_found", "body.model")
+    assert "BATCHQ_MODEL_ALIASES" in errors[5].message
     assert (errors[6].code, errors[6].param) == ("missing_required_parameter", "body.model")
     assert "temperature" in errors[7].message
     assert c.batches.retrieve(batch.id) == batch
@@ -215,6 +226,33 @@ def test_a_file_with_bad_lines_fails_validation_naming_every_one(server, api_env
     assert unknown.status == "failed"
     (error,) = unknown.errors.data
     assert error.code == "model_not_found" and error.line == 1 and "gpt-9-turbo" in error.message
+
+
+def test_a_batch_may_mix_models_and_counts_their_reasoning(server, worker, thinking_worker,
+                                                          api_env, tiny_model, thinking_model):
+    """Beyond OpenAI's API (which refuses a second model in a batch): each line runs on the
+    model its body names, as with `batchq submit`; a thinking model's reasoning comes back
+    apart from the answer and is counted in the batch's usage."""
+    c = client(server, new_key(api_env, "mixer"))
+    off = {"chat_template_kwargs": {"enable_thinking": False}}
+    rows = [chat_line(0, "gpt-4o-mini"), chat_line(1, str(thinking_model), max_tokens=40),
+            chat_line(2, "gpt-4o-mini"), chat_line(3, str(thinking_model), max_tokens=40, **off)]
+    batch = run_batch(c, rows)
+    assert batch.status == "in_progress" and batch.model == f"gpt-4o-mini,{thinking_model}"
+    done = final(c, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 4
+    output = jsonl(c.files.content(done.output_file_id).text)
+    bodies = [line["response"]["body"] for line in output]
+    assert [b["model"] for b in bodies] == [str(tiny_model), str(thinking_model)] * 2
+    thought, answered = bodies[1]["choices"][0]["message"], bodies[3]["choices"][0]["message"]
+    assert (thought["content"], thought["reasoning_content"]) == (
+        "Three.", "Okay, the user wants a count")
+    assert answered == {"role": "assistant", "content": "Three."}
+    reasoning = [b["usage"].get("completion_tokens_details", {}).get("reasoning_tokens", 0)
+                 for b in bodies]
+    assert reasoning[1] > 0 and reasoning[0] == reasoning[2] == reasoning[3] == 0
+    assert done.usage.output_tokens_details.reasoning_tokens == sum(reasoning)
+    assert done.usage.output_tokens == sum(b["usage"]["completion_tokens"] for b in bodies)
 
 
 def test_cancel_mid_run_keeps_the_finished_lines(server, worker, api_env):

@@ -43,7 +43,7 @@ def test_each_line_runs_on_its_own_variant_and_waits_only_for_its_own_worker(
                        env=env)
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip()
-    assert re.search(r"queued 12 lines in 3 chunk\(s\) on 4 on batchq\.local-tiny-qwen2-\w+"
+    assert re.search(r"queued 12 lines in 3 chunk\(s\): 4 on batchq\.local-tiny-qwen2-\w+"
                      r"\.none, 8 on batchq\.local-tiny-qwen3-\w+\.none", submitted.stderr)
 
     # Only the Qwen2 worker runs: its lines finish; the Qwen3's wait, and status says why.
@@ -83,7 +83,7 @@ def test_each_line_runs_on_its_own_variant_and_waits_only_for_its_own_worker(
 
 
 def test_a_model_nothing_resolves_is_refused_by_line_and_override_runs_it_on_model(
-        services_env, tiny_model, start_worker, tmp_path):
+        services_env, tiny_model, thinking_model, tmp_path):
     rows = [{"prompt": "fine"},
             {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
              "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}]
@@ -98,10 +98,26 @@ def test_a_model_nothing_resolves_is_refused_by_line_and_override_runs_it_on_mod
     assert ran.returncode == 0, ran.stderr
     lines = [json.loads(x) for x in ran.stdout.splitlines()]
     assert lines[1]["response"]["body"]["model"] == str(tiny_model)
-    # `run` serves one model: a line naming another is refused before any model loads.
-    other = write_rows(tmp_path / "o.jsonl", [{"prompt": "hi", "model": f"{tiny_model}:int8"}])
-    one = batchq("run", str(other), "--model", str(tiny_model), env=services_env)
-    assert one.returncode == 3 and "`batchq run` serves one model" in one.stderr
+    # Without the override, `run` refuses the unknown model before any model loads or any
+    # job exists.
+    refused = batchq("run", str(data), "--model", str(tiny_model), env=services_env)
+    assert refused.returncode == 3 and "'gpt-4o-mini'" in refused.stderr
+    assert "no job created" in refused.stderr and not re.search("^job ", refused.stderr, re.M)
+
+    # `run` serves every model its lines name, one after another in this one process.
+    mixed = write_rows(tmp_path / "m.jsonl", [
+        {"custom_id": "own", "prompt": "hi"},
+        {"custom_id": "q3", "prompt": "Count.", "model": str(thinking_model),
+         "enable_thinking": False},
+        {"custom_id": "own2", "prompt": "hello"}])
+    both = batchq("run", str(mixed), "--model", str(tiny_model), "--max-new-tokens", "8",
+                  env=services_env)
+    assert both.returncode == 0, both.stderr
+    out = [json.loads(x) for x in both.stdout.splitlines()]
+    assert [(r["custom_id"], r["status"], r["model"]) for r in out] == [
+        ("own", "succeeded", str(tiny_model)), ("q3", "succeeded", str(thinking_model)),
+        ("own2", "succeeded", str(tiny_model))]
+    assert out[1]["output"] == "Three." and out[0]["output"] != "Three."
 
 
 def test_cancel_and_retry_reach_every_variant(services_env, tiny_model, thinking_model,

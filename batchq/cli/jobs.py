@@ -38,9 +38,9 @@ def submit(file: str, model: str, quant: str | None, job_settings: JobSettings,
     click.echo(job_id)
     job = service.status(job_id)
     c = job.counts
-    where = job.queue if len(job.variants) <= 1 else ", ".join(
+    where = f" on {job.queue}" if len(job.variants) <= 1 else ": " + ", ".join(
         f"{share.counts.pending} on {share.queue}" for share in job.variants)
-    click.echo(f"queued {c.pending} lines in {job.chunks} chunk(s) on {where}", err=True)
+    click.echo(f"queued {c.pending} lines in {job.chunks} chunk(s){where}", err=True)
     if c.failed:
         click.echo(f"skipped {c.failed} invalid line(s), recorded as failed "
                    f"(`batchq results {job_id[:12]} --errors FILE` lists them):", err=True)
@@ -65,21 +65,22 @@ def run(file: str, model: str, quant: str | None, job_settings: JobSettings,
     """Submit FILE and serve it with an in-process worker until it is final; write the results.
 
     The one-machine path. The job is queued like any other, so a `batchq worker` of the same
-    variant can help, and can finish it if this command is interrupted.
+    variant can help, and can finish it if this command is interrupted. Lines that name
+    other models run after --model's, each model loaded in turn.
     """
-    from batchq.worker.boot import WorkerPlan, load_runtime
-    from batchq.worker.inline import serve_job
+    from batchq.worker.boot import WorkerPlan
+    from batchq.worker.inline import InlineWorker
 
     settings = get_settings()
     plan = WorkerPlan.from_options(None, model=model, quant=quant, gpu=gpu)
-    # Refuse a bad file before a long model load; `run` serves one model.
-    service.validate_file(file, settings, only=None if model_override else plan.variant)
-    runtime = load_runtime(plan, settings)
+    # Refuse a bad file before a long model load.
+    service.validate_file(file, settings, model=plan.variant, model_override=model_override)
+    worker = InlineWorker(plan, settings)
     job_id = service.submit(file, model, quant, name=name, settings=settings,
                             job_settings=job_settings, model_override=model_override)
     click.echo(f"job {job_id}", err=True)
     progress = job_progress(sys.stderr)
-    serve_job(job_id, runtime, on_chunk=progress)
+    worker.serve(job_id, on_chunk=progress)
     job = service.wait(job_id, settings, on_progress=progress)
     show.write_results(job_id, output, errors_file)
     show.final_exit(job)

@@ -21,6 +21,7 @@ from batchq.errors import InvalidRequest, NotFound, NotNow, OverQuota
 from batchq.formats import OPENAI_URLS, LineError, Request, openai_kind
 from batchq.service import files, lifecycle
 from batchq.service.intake import check_all, open_input
+from batchq.service.routing import API_HINT, ModelRouter
 from batchq.service.submit import store_checked
 from batchq.states import BatchStatus, JobStatus
 from batchq.store import reads, tenancy
@@ -29,7 +30,6 @@ from batchq.store.intake import NewJob
 from batchq.store.tenancy import BatchRow, FileView, Tenant
 from batchq.store.transitions import Transitions
 from batchq.store.views import JobView
-from batchq.variants import Variant, resolve
 
 MAX_ERRORS_SHOWN = 1000  # errors.data lists this many; errors_total counts them all
 MAX_WINDOW_SECONDS = 30 * 86400
@@ -76,43 +76,29 @@ def window_seconds(window: str) -> int:
     return seconds
 
 
-class OneEndpointOneModel:
-    """The rule every line of a batch keeps: its url is the batch's endpoint, and it names
-    the model the first line names (one model per batch), which must resolve."""
+class OneEndpoint:
+    """The rule every line of a batch keeps: its url is the batch's endpoint."""
 
-    def __init__(self, endpoint: str, settings: Settings):
+    def __init__(self, endpoint: str):
         self.endpoint = endpoint
         self.kind = openai_kind(endpoint)
-        self.settings = settings
-        self.model: str | None = None
-        self.variant: Variant | None = None
 
     def __call__(self, request: Request) -> None:
         if request.kind is not self.kind:
             url = next((u for u, k in OPENAI_URLS.items() if k is request.kind), None)
             raise LineError(f"field 'url': the batch's endpoint is {self.endpoint}, this line's "
                             f"is {url or 'missing'}", "mismatched_endpoint", "url")
-        if request.model is None:
-            raise LineError("field 'body.model' is missing", "missing_required_parameter",
-                            "body.model")
-        if self.model is None:
-            try:
-                self.variant = resolve(request.model, None, self.settings.model_aliases)
-            except NotFound as exc:
-                raise LineError(f"field 'body.model': {exc}", "model_not_found",
-                                "body.model") from None
-            self.model = request.model
-        elif request.model != self.model:
-            raise LineError(f"field 'body.model': {request.model!r} differs from {self.model!r}, "
-                            "which the batch's first line names; a batch runs one model",
-                            "mismatched_model", "body.model")
 
 
 def create(settings: Settings, tenant: Tenant, input_file_id: str, endpoint: str,
            completion_window: str, metadata: dict[str, str] | None,
            idempotency_key: str | None = None) -> BatchView:
     """Validate the input file and start its job; a file with bad lines makes a failed batch
-    that names every bad line (the first thousand, and how many in all)."""
+    that names every bad line (the first thousand, and how many in all).
+
+    Each line runs on the model its body names (a batch may mix them, as `batchq submit`
+    does; OpenAI's API refuses that); the batch's `model` lists the names, as the lines spelt
+    them, in the order first used."""
     if idempotency_key is not None:
         earlier = tenancy.batch_by_idempotency_key(settings, tenant.name, idempotency_key)
         if earlier is not None:
@@ -134,10 +120,12 @@ def create(settings: Settings, tenant: Tenant, input_file_id: str, endpoint: str
                    job_id=None, errors=[], errors_total=0, created_at=now,
                    expires_at=now + timedelta(seconds=window), failed_at=None,
                    cancelling_at=None)
-    rule = OneEndpointOneModel(endpoint, settings)
+    router = ModelRouter(None, settings, hint=API_HINT)
     with open_input(str(files.upload_path(settings, source)), settings) as (_, stream):
-        checked = check_all(source.filename, stream, settings, DEFAULT_MAX_NEW_TOKENS, rule)
-        if checked.refused or not checked.accepted or rule.variant is None:
+        checked = check_all(source.filename, stream, settings, DEFAULT_MAX_NEW_TOKENS,
+                            OneEndpoint(endpoint), router)
+        model = ",".join(router.names) or None
+        if checked.refused or not checked.accepted:
             errors = [{"code": exc.code, "message": str(exc), "param": exc.param, "line": line}
                       for line, exc in sorted(checked.refused.items())[:MAX_ERRORS_SHOWN]]
             if len(checked.refused) > MAX_ERRORS_SHOWN:
@@ -147,11 +135,12 @@ def create(settings: Settings, tenant: Tenant, input_file_id: str, endpoint: str
             if not checked.refused:
                 errors = [{"code": "empty_file", "message": "the file has no lines to run",
                            "param": None, "line": None}]
-            failed = replace(row, model=rule.model, errors=errors,
+            failed = replace(row, model=model, errors=errors,
                              errors_total=len(checked.refused) or 1, failed_at=now)
             return view(settings, tenant, tenancy.add_batch(settings, failed, idempotency_key).id)
-        variant = rule.variant
-        row = replace(row, model=rule.model)
+        variant = router.variants[0]
+        checked.variants = router.variants
+        row = replace(row, model=model)
         job = NewJob(id=secrets.token_hex(16), name=row.id, source=f"{source.filename} "
                      f"({source.id})", model=variant.model, quant=variant.quant,
                      queue=variant.queue, settings={}, total_lines=checked.accepted,

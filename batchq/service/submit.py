@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from batchq.config import Settings, get_settings
 from batchq.engine.types import DEFAULT_MAX_NEW_TOKENS
-from batchq.formats import LineError, LineKind, Request
+from batchq.formats import LineKind
 from batchq.service import dispatch
 from batchq.service.check_parts import check_file
 from batchq.service.intake import (
@@ -55,30 +55,20 @@ class JobSettings:
 
 
 def validate_file(path: str, settings: Settings | None = None, *,
-                  only: Variant | None = None) -> int:
+                  model: Variant | None = None, model_override: bool = False) -> int:
     """Check every line of a file without storing anything; returns the number of lines.
-    With `only`, a line that names another model is refused too (`batchq run` serves one).
+    With `model` (the job's --model), each line's own model is resolved as `submit` would,
+    so a line naming one that nothing resolves is refused now too.
 
     Raises InputError naming each bad line (the first 20, then a count).
     """
     settings = settings or get_settings()
-    rule = None if only is None else _one_variant(only, settings)
+    route = None if model is None else ModelRouter(model, settings, override=model_override)
     with open_input(path, settings) as (source, stream):
-        checked = check_all(source, stream, settings, DEFAULT_MAX_NEW_TOKENS, rule, spool=False)
+        checked = check_all(source, stream, settings, DEFAULT_MAX_NEW_TOKENS, None, route,
+                            spool=False)
     refuse_unless_runnable(source, checked, skip_invalid=False)
     return checked.accepted
-
-
-def _one_variant(variant: Variant, settings: Settings) -> Callable[[Request], None]:
-    router = ModelRouter(variant, settings)
-
-    def rule(request: Request) -> None:
-        if router(request) != 0:
-            field = "body.model" if request.kind.openai else "model"
-            raise LineError(f"field '{field}': {request.model!r} is not --model, and `batchq run` "
-                            "serves one model (run with --model-override, or submit the file and "
-                            "start a worker per model)", "mismatched_model", field)
-    return rule
 
 
 def submit(path: str, model: str, quant: str | None = None, *,
@@ -119,7 +109,7 @@ def store_checked(settings: Settings, source: str, checked: Checked,
     from batchq.queue.publish import check_broker  # Celery: only where a message is sent
 
     chunk_of = chunk_by_size(checked.sizes, settings.chunk_size, checked.variant_of)
-    variants = checked.variants or [variant]  # no router (an HTTP batch): every line's is 0
+    variants = checked.variants or [variant]  # no router: every line runs on `variant`
     variant_of_chunk = {seq: variants[number]
                         for seq, number in variant_of_chunks(chunk_of, checked.variant_of).items()}
     checked.sizes = array("q")

@@ -2,20 +2,53 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
+from dataclasses import replace
 
+from batchq.config import Settings
 from batchq.service import reading
 from batchq.store.views import JobView
+from batchq.variants import Variant, resolve
+from batchq.worker.boot import WorkerPlan, load_runtime
 from batchq.worker.chunk_run import run_chunk
-from batchq.worker.runtime import WorkerRuntime
+from batchq.worker.runtime import WorkerRuntime, release_runtime
 
 
-def serve_job(job_id: str, runtime: WorkerRuntime,
-              on_chunk: Callable[[JobView], None] | None = None) -> None:
-    """Run every chunk of one job in this process, through the same claim path as a queued
-    message, so a concurrent worker and a later redelivery are both harmless."""
-    for chunk in reading.chunks(job_id, runtime.settings):
-        run_chunk(chunk.id, runtime)
-        runtime.tail.wait()  # the chunk's finish, which the status below should show
-        if on_chunk is not None:
-            on_chunk(reading.status(job_id, runtime.settings))
+class InlineWorker:
+    """The plan's model, loaded in this process before anything is submitted (a model that
+    cannot load fails before a job exists). It holds the only reference to its runtime, so
+    that it can let one model go before it loads the next."""
+
+    def __init__(self, plan: WorkerPlan, settings: Settings):
+        self.plan, self.settings = plan, settings
+        self.runtime: WorkerRuntime | None = load_runtime(plan, settings)
+
+    def serve(self, job_id: str, on_chunk: Callable[[JobView], None] | None = None) -> None:
+        """Run every chunk of one job here, through the same claim path as a queued message,
+        so a concurrent worker and a later redelivery are both harmless.
+
+        A job whose lines name several models runs one variant after another, the loaded
+        one first, one model in memory at a time (on one GPU, as on a CPU)."""
+        for share in reading.status(job_id, self.settings).variants:
+            runtime = self._holding(resolve(share.model, share.quant))
+            for chunk in reading.chunks(job_id, self.settings):
+                if chunk.queue == share.queue:
+                    run_chunk(chunk.id, runtime)
+                    runtime.tail.wait()  # the chunk's finish, which the status should show
+                    if on_chunk is not None:
+                        on_chunk(reading.status(job_id, self.settings))
+
+    def _holding(self, variant: Variant) -> WorkerRuntime:
+        """The runtime of `variant`: the loaded one, or the one loaded in its place."""
+        if self.runtime is not None and self.runtime.variant.queue == variant.queue:
+            return self.runtime
+        if self.runtime is not None:
+            self.runtime.tail.wait()
+            device = self.runtime.engine.runner.device
+            self.runtime = None
+            release_runtime()
+            gc.collect()  # the model's tensors, now unreferenced
+            device.release_memory()
+        self.runtime = load_runtime(replace(self.plan, variant=variant), self.settings)
+        return self.runtime

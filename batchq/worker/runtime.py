@@ -42,6 +42,12 @@ def start_runtime(engine: Engine, variant: Variant, settings: Settings,
     return _current
 
 
+def release_runtime() -> None:
+    """This process holds no model any more (`batchq run` lets one go before the next)."""
+    global _current
+    _current = None
+
+
 def current_runtime() -> WorkerRuntime:
     if _current is None:
         raise RuntimeError("this process has no loaded model; start it with `batchq worker`")
