@@ -33,6 +33,17 @@ def test_running_job_bar_shows_done_failed_rate_eta_and_variant():
                     "3 failed  512 tok/s  ETA 2m30s  qwen2.5-7b-instruct/nf4")
 
 
+def test_a_job_on_several_variants_names_them_all():
+    from dataclasses import replace
+
+    from batchq.store.views import VariantShare
+
+    shares = tuple(VariantShare(m, q, f"batchq.{m}.{q}", Counts(), 1, 0) for m, q in (
+        ("qwen2.5-7b-instruct", "nf4"), ("qwen3-8b", "none")))
+    line = bar(replace(job(), variants=shares), now=START + timedelta(seconds=50), width=20)
+    assert line.endswith("ETA 2m30s  qwen2.5-7b-instruct/nf4 + qwen3-8b/none")
+
+
 def test_finished_job_says_how_long_it_took_and_names_the_job():
     line = bar(job("completed", done=1000, failed=0, run=3725, name="nightly"), width=10)
     assert line == ("a1b2c3d4e5f6 completed  [##########]  1000/1000 100%  0 failed  "

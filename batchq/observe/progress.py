@@ -57,7 +57,8 @@ def bar(job: JobView, now: datetime | None = None, width: int = BAR_WIDTH) -> st
         parts.append(f"ETA {_duration(eta)}")
     elif job.status.final and m.run_seconds:
         parts.append(f"took {_duration(m.run_seconds)}")
-    parts.append(job.variant)
+    parts.append(job.variant if len(job.variants) <= 1
+                 else " + ".join(share.variant for share in job.variants))
     if job.name:
         parts.append(f"({job.name})")
     return "  ".join(parts)
