@@ -36,6 +36,15 @@ def test_add_list_show_pause_resume_remove(embedded_env, docs, tmp_path):
     listed = batchq("schedule", "list", env=env).stdout.splitlines()
     assert [line.split()[0] for line in listed] == ["NAME", "fast", "nightly"]
     assert "every 30s" in listed[1] and "At 02:00 AM (Europe/Belgrade)" in listed[2]
+    assert "it fires while `batchq beat` (or a `batchq worker --beat`) runs" in added.stderr
+
+    # Five minutes on, with no beat running, `fast`'s times have passed unfired: said plainly.
+    _backdate(env, "fast", minutes=5)
+    listed = batchq("schedule", "list", env=env)
+    (warning,) = listed.stderr.splitlines()
+    assert warning.startswith("batchq: warning: schedule 'fast': ") and (
+        "passed and nothing fired it; nothing runs until `batchq beat`") in warning
+    assert "passed and nothing fired it" in batchq("schedule", "show", "fast", env=env).stderr
 
     assert batchq("schedule", "pause", "fast", "--note", "disk full", env=env).returncode == 0
     assert "paused (disk full)" in batchq("schedule", "list", env=env).stdout
@@ -48,6 +57,21 @@ def test_add_list_show_pause_resume_remove(embedded_env, docs, tmp_path):
     assert "paused" not in batchq("schedule", "list", env=env).stdout
     assert batchq("schedule", "remove", "fast", env=env).returncode == 0
     assert "fast" not in batchq("schedule", "list", env=env).stdout
+
+
+def _backdate(env, name, minutes):
+    """The schedule as if added `minutes` ago (its interval counts from its creation)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from batchq.config import Settings
+    from batchq.store.schedule_models import Schedule
+    from batchq.store.sessions import session_scope
+
+    with session_scope(Settings.from_env(env)) as session:
+        schedule = session.scalars(select(Schedule).where(Schedule.name == name)).one()
+        schedule.created_at -= timedelta(minutes=minutes)
 
 
 MISTAKES = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from batchq.cli.base import cli, generation_options, quant_option
@@ -9,6 +11,9 @@ from batchq.config import get_settings
 from batchq.errors import ConfigError
 from batchq.service import JobSettings
 from batchq.store.views import iso
+
+if TYPE_CHECKING:
+    from batchq.schedule.registry import Overview
 
 
 def _duration(value: str | None, what: str) -> int | None:
@@ -81,6 +86,7 @@ def schedule_add(name: str, cron: str | None, every: str | None, tz: str, source
     view = registry.overview(added, settings)
     click.echo(f"schedule {name!r} added: {view.description}; next "
                f"{', '.join(iso(t) or '' for t in view.next_runs)}", err=True)
+    click.echo(f"it fires while {FIRES} runs", err=True)
 
 
 @schedule.command("list")
@@ -100,6 +106,20 @@ def schedule_list() -> None:
         next_time = iso(item.next_runs[0]) if item.next_runs else "-"
         click.echo(f"{s.name:<20}  {item.description[:34]:<34}  {next_time:<25}  "
                    f"{(iso(last.scheduled_for) if last else '-'):<25}  {state}")
+    _warn_unfired(found)
+
+
+# The one thing that makes schedules fire, as the warnings name it.
+FIRES = "`batchq beat` (or a `batchq worker --beat`)"
+
+
+def _warn_unfired(overviews: list[Overview]) -> None:
+    """Say plainly when times have passed with no beat to fire them."""
+    for item in overviews:
+        if item.unfired is not None:
+            click.echo(f"batchq: warning: schedule {item.schedule.name!r}: "
+                       f"{iso(item.unfired)} passed and nothing fired it; nothing runs "
+                       f"until {FIRES} does (it then catches up by --catch-up)", err=True)
 
 
 def _generation_line(generation: dict[str, object]) -> list[str]:
@@ -134,6 +154,7 @@ def schedule_show(name: str, next_n: int, history_n: int) -> None:
              f"{s.catch_up_window_seconds}s, long documents: {s.options.get('long', 'split')}",
              "next      " + (", ".join(iso(t) or "" for t in item.next_runs) or "-")]
     click.echo("\n".join(lines))
+    _warn_unfired([item])
     history = rows.runs_of(settings, s.id, limit=history_n)
     if history:
         click.echo(f"{'SCHEDULED FOR':<25}  {'TRIGGER':<8}  {'STATUS':<9}  {'JOB':<12}  DETAIL")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from batchq.config import Settings
 from batchq.errors import ConfigError, NotFound
-from batchq.schedule.planning import Policy
+from batchq.schedule.planning import GRACE_SECONDS, Policy
 from batchq.schedule.templates import PromptTemplate
 from batchq.schedule.timing import Timing
 from batchq.service import JobSettings
@@ -147,14 +147,21 @@ class Overview:
     description: str
     next_runs: list[datetime]
     last: RunView | None
+    # The oldest scheduled time that passed a while ago with nothing recorded for it (not
+    # even as missed): no beat is running. None when every time that came was decided.
+    unfired: datetime | None = None
 
 
 def overview(schedule: ScheduleView, settings: Settings, next_n: int = 3) -> Overview:
-    timing = timing_of(schedule)
+    timing, now = timing_of(schedule), utcnow()
     recent = rows.runs_of(settings, schedule.id, limit=1)
+    unfired = None
+    if schedule.paused_at is None:
+        decided = rows.last_slot(settings, schedule.id) or schedule.created_at
+        unfired = next(timing.slots(decided, now - timedelta(seconds=GRACE_SECONDS)), None)
     return Overview(schedule, timing.describe(),
-                    [] if schedule.paused_at else timing.next_slots(utcnow(), next_n),
-                    recent[0] if recent else None)
+                    [] if schedule.paused_at else timing.next_slots(now, next_n),
+                    recent[0] if recent else None, unfired)
 
 
 def listing(settings: Settings) -> list[Overview]:
