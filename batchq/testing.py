@@ -17,12 +17,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from sqlalchemy import create_engine, text
 
 BATCHQ = str(Path(sys.executable).parent / "batchq")
 FINAL = ("succeeded", "failed", "cancelled")
+
+# How a worker's process starts: subprocess.Popen, or what a test suite puts in its place
+# with the same arguments and the same Popen methods (tests/forkserver.py forks workers
+# from a process that has imported batchq already).
+start_process: Callable[..., Any] = subprocess.Popen
 
 T = TypeVar("T")
 
@@ -52,9 +57,9 @@ class WorkerProcess:
                  command: list[str] | None = None, cwd: Path | None = None):
         self.log = log
         self._file: IO[str] = log.open("w")
-        self.proc = subprocess.Popen([*(command or [BATCHQ]), "worker", *args], env=env,
-                                     stdout=self._file, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=cwd)
+        self.proc = start_process([*(command or [BATCHQ]), "worker", *args], env=env,
+                                  stdout=self._file, stderr=subprocess.STDOUT,
+                                  start_new_session=True, cwd=cwd)
 
     def text(self) -> str:
         return self.log.read_text()
