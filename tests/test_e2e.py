@@ -374,7 +374,7 @@ def test_sampling_model_runs_with_the_models_recommended_settings(services_env, 
 
 def test_an_idle_worker_looks_at_the_embedded_broker_often(tmp_path):
     """kombu's SQLite transport waits a second between looks at an empty queue: a new job's
-    first chunk waited 0.3-0.7 s for a worker (README, Performance). batchq's looks every
+    first chunk waited 0.3-0.7 s for a worker (benchmarks/RESULTS.md). batchq's looks every
     EMBEDDED_POLL_SECONDS; this is the attribute the transport's drain_events reads."""
     from batchq.config import Settings
     from batchq.queue.app import EMBEDDED_POLL_SECONDS, app_for

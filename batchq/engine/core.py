@@ -68,7 +68,7 @@ class Engine:
         With `calibrate` (workers, `batchq bench`), the batch cost model is measured on the
         device (about a second on a CPU with a tiny model); without, the planner uses assumed
         costs; continuous batching is priced on a GPU only, since on a CPU
-        every measurement put it behind static batches (README, Performance)."""
+        every measurement put it behind static batches (benchmarks/RESULTS.md)."""
         device = device or select_device()
         keep_freed_memory()  # each step's buffers reused, not faulted in again (engine.memory)
         model, tokenizer = load_pretrained(model_ref, quant, device)

@@ -82,7 +82,7 @@ def kv_bytes_per_token(config: Any, dtype_bytes: int = 2) -> int:
 
 # A CPU's batch budget, at most. Against the naive loop (16 rows padded to the longest), a
 # uniform mix of 100 prompts of 16-2,048 tokens ran 1.33x with 16,384 tokens, 1.63x with
-# 32,768 and 1.52x with 65,536 (README, Performance).
+# 32,768 and 1.52x with 65,536 (benchmarks/RESULTS.md).
 CPU_MAX_TOKENS = 32_768
 
 

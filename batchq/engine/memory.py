@@ -7,7 +7,7 @@ threshold. A decode step allocates and frees the same large buffers every time: 
 the float32 copy of the logits over Qwen's 151,936-token vocabulary alone is 19 MB. So every
 step faulted its pages in anew and the kernel zeroed each one: 670,000-830,000 page faults for
 2,000 prompts at 1-2 output tokens on the tiny model, which generated them 1.5-1.7x faster once
-they were gone (README, Performance; no change was measured on Qwen2.5-0.5B's architecture).
+they were gone (benchmarks/RESULTS.md; no change was measured on Qwen2.5-0.5B's architecture).
 With mmap off and the heap never trimmed, freed blocks are reused from the heap: a worker keeps
 the memory of its largest batch, which it needs again for the next one.
 """

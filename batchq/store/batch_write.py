@@ -114,7 +114,7 @@ def write_batch(db: Connection, chunk: ChunkRef, token: int, worker: str,
                                  in_flight, in_flight_json(starting), started, now)
     if results:
         # One statement for the whole batch, executed over its rows: a round trip per line
-        # would cost more than a small model's whole batch (README, Performance).
+        # would cost more than a small model's whole batch (benchmarks/RESULTS.md).
         db.execute(LINE_RESULT, [{"b_id": key, "b_finished_at": now, "b_started_at": started,
                                   **{f"b_{name}": v for name, v in zip(RESULT_COLUMNS, row, strict=True)}}
                                  for key, row in results])

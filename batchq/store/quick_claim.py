@@ -4,7 +4,7 @@ returned) and the chunk's pending lines.
 
 The portable claim (`Transitions.claim`, a session) asks six questions of the database in a
 transaction, with the ORM's bookkeeping around them: about 7 ms a chunk under load, which a
-fast engine's chunk of 256 lines notices (README, Performance). Both claim by the same
+fast engine's chunk of 256 lines notices (benchmarks/RESULTS.md). Both claim by the same
 compare-and-set on the chunk's row, and both count an attempt on the lines its last holder
 left in flight. When this one takes nothing, the portable one runs to say
 why (unknown chunk, wrong variant, already final, held by another worker). Both count the
