@@ -60,6 +60,14 @@ def test_bench_runs_the_users_own_workload_file_in_process_and_as_a_job(tiny_mod
     assert report["cost_model"]["measured"] is (how.group(1) == "measured")
     for s in report["strategies"]:  # each line's own limit, every row run to it
         assert s["prompts"] == 3 and s["completion_tokens"] == 5 + 3 + 7
+    # --repeat 2: two rounds of the strategies in turn, each against its round's naive loop;
+    # each reports its median round (the lower of two).
+    rounds = {s["strategy"]: s["speedups"] for s in report["strategies"]}
+    assert len(rounds["static"]) == len(rounds["auto"]) == 2 and rounds["naive"] == [1.0, 1.0]
+    for s in report["strategies"]:
+        assert s["speedup_vs_naive"] == min(s["speedups"])
+    assert ("median of 2 rounds, in turn; each round's speedup: static " + ", ".join(
+        f"{x:.2f}x" for x in rounds["static"])) in res.stdout
 
     # The same lines as a real job (EOS honoured, as a job's lines must), against the naive
     # loop and the engine alone on the same prompts.
@@ -144,7 +152,6 @@ def test_bench_compares_every_strategy_on_the_same_prompts(tiny_model, embedded_
     (["MODEL", "--strategies", "static,fastest"], "--strategies: unknown fastest"),
     (["MODEL", "--prompt-tokens", "50", "10"], "--prompt-tokens: the low end 50 is above"),
     (["MODEL", "--mix", "zipf"], "--mix: unknown 'zipf'; choose one of log-uniform, uniform"),
-    (["MODEL", "--repeat", "3"], "--repeat: give --system as well"),
 ])
 def test_bench_refuses_bad_options_in_one_line(tiny_model, embedded_env, args, fragment):
     args = [str(tiny_model) if a == "MODEL" else a for a in args]

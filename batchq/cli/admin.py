@@ -87,8 +87,10 @@ def make_tiny_model(directory: str, arch: str) -> None:
               help="Also run the workload as a real job through broker, database and a worker, "
                    "and report its tokens/s against the engine alone.")
 @click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
-              help="With --system: run the engine alone and the job this many times, in "
-                   "turn, and report the median pair (a steadier figure on a busy machine).")
+              help="Run the strategies this many rounds, in turn, each against a naive loop "
+                   "run beside it, and report each one's median round; with --system, also "
+                   "the engine alone and the job this many times, in turn, and the median "
+                   "pair (steadier figures on a busy machine).")
 @click.option("--engine", type=click.Choice(["transformers", "null"]), default="transformers",
               show_default=True,
               help="null: generate nothing, and measure the lines/s the system itself carries "

@@ -51,7 +51,7 @@ class BenchOptions:
     max_batch_tokens: int | None = None
     max_batch_rows: int | None = None
     system: bool = False
-    repeat: int = 1  # --system: engine alone and job pairs, alternating; the median is reported
+    repeat: int = 1  # rounds of the strategies, and of --system's pairs; medians reported
     engine: str = "transformers"  # null: the system's own ceiling, nothing generated
     workers: int = 1  # worker processes for --system and --engine null
     json_path: str | None = None
@@ -69,9 +69,6 @@ class BenchOptions:
         if self.engine == "null" and not self.model:
             raise ConfigError("--engine null: give the MODEL whose queue the job goes to "
                               "(it is not loaded)")
-        if self.repeat > 1 and not self.system:
-            raise ConfigError("--repeat: give --system as well (it repeats the engine alone "
-                              "and the job, in turn)")
         if self.workload and not Path(self.workload).is_file():
             raise ConfigError(f"--workload: {self.workload}: no such file")
         for label, (low, high) in (("--prompt-tokens", self.prompt_tokens),
@@ -131,8 +128,12 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
             f"{out_lo}-{out_hi}")
     note(f"{what}, on {meta['device']}; batches of up to {engine.budget.max_rows} rows and "
          f"{engine.budget.max_tokens} tokens; {engine.runner.cost.describe()}")
-    results = compare.compare(engine, items, names, bandwidth)
+    results = compare.compare(engine, items, names, bandwidth, options.repeat)
     out(compare.table(results))
+    if options.repeat > 1 and "naive" in names:
+        out(f"median of {options.repeat} rounds, in turn; each round's speedup: " + "; ".join(
+            f"{r.strategy} " + ", ".join(f"{x:.2f}x" for x in r.speedups)
+            for r in results if r.strategy != "naive"))
     diff = compare.differing(results)
     out("outputs identical across strategies: " + ("yes" if not diff else "NO: " + "; ".join(
         f"{name} differs from {results[0].strategy} on {len(keys)} prompt(s), first #{keys[0]}"

@@ -36,6 +36,9 @@ class StrategyResult:
     generate_seconds: float = 0.0  # inside the model's batches (the rest: encoding, planning, ...)
     roofline_pct: float | None = None
     speedup_vs_naive: float | None = None
+    # With several rounds: this strategy's speedup in each (against that round's naive loop);
+    # the figures above are its median round's.
+    speedups: list[float] = field(default_factory=list)
     outputs: dict[Any, tuple] = field(default_factory=dict, repr=False)
 
 
@@ -85,21 +88,32 @@ def gpu_bandwidth(device: str) -> tuple[str, float | None]:
 
 
 def compare(engine: Engine, prompts: list[PromptIn], strategies: list[str],
-            bandwidth: float | None = None) -> list[StrategyResult]:
-    """Each strategy on the same prompts, after one short warm-up; speedups against naive."""
+            bandwidth: float | None = None, rounds: int = 1) -> list[StrategyResult]:
+    """Each strategy on the same prompts, after one short warm-up; speedups against naive.
+
+    With several rounds the strategies run in turn that many times, so each speedup is taken
+    against a naive loop run beside it; each strategy reports its median round (on a shared
+    machine one round's ratio moved by a fifth either way)."""
     warmup = [replace(p, key=("warmup", i), settings=replace(p.settings, max_new_tokens=4))
               for i, p in enumerate(prompts[:4])]
     for strategy in dict.fromkeys(strategies):
         list(engine.with_options(strategy=strategy).generate(warmup))
-    results = [run_strategy(engine, s, prompts) for s in strategies]
     ceiling = roofline_tokens_per_s(engine, prompts, bandwidth) if bandwidth else None
-    naive = next((r for r in results if r.strategy == "naive"), None)
-    for r in results:
-        if ceiling:
-            r.roofline_pct = 100 * r.output_tokens_per_s / ceiling
-        if naive:
-            r.speedup_vs_naive = r.output_tokens_per_s / naive.output_tokens_per_s
-    return results
+    played = [[run_strategy(engine, s, prompts) for s in strategies] for _ in range(rounds)]
+    for results in played:
+        naive = next((r for r in results if r.strategy == "naive"), None)
+        for r in results:
+            if ceiling:
+                r.roofline_pct = 100 * r.output_tokens_per_s / ceiling
+            if naive:
+                r.speedup_vs_naive = r.output_tokens_per_s / naive.output_tokens_per_s
+    chosen = []
+    for runs in zip(*played, strict=True):
+        ranked = sorted(runs, key=lambda r: r.speedup_vs_naive or r.output_tokens_per_s)
+        median = ranked[(len(ranked) - 1) // 2]  # the lower of the middle two
+        median.speedups = [r.speedup_vs_naive for r in runs if r.speedup_vs_naive is not None]
+        chosen.append(median)
+    return chosen
 
 
 def constrained_cost(engine: Engine, prompts: list[PromptIn], schema: dict[str, Any]
