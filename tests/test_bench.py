@@ -97,8 +97,14 @@ def test_bench_runs_the_users_own_workload_file_in_process_and_as_a_job(tiny_mod
             f"in the model's batches {r['engine_generate_seconds']:.2f} s of "
             f"{r['engine_seconds']:.2f} s alone, {r['system_generate_seconds']:.2f} s of "
             f"{r['system_seconds']:.2f} s in the job")
-    assert system["speedup_vs_naive"] == pytest.approx(system["system_tokens_per_s"]
-                                                       / system["naive_tokens_per_s"])
+    # Each round ran its own naive loop; the speedup is the median round's (the lower of two).
+    for r in runs:
+        assert r["speedup_vs_naive"] == pytest.approx(r["system_tokens_per_s"]
+                                                      / r["naive_tokens_per_s"])
+    assert system["speedup_vs_naive"] == min(r["speedup_vs_naive"] for r in runs)
+    assert res.stderr.count("naive loop: ") == 2
+    assert ("(median; each round: " + ", ".join(f"{r['speedup_vs_naive']:.2f}x" for r in runs)
+            + ")") in res.stdout
     # The bench job ran in a throwaway store: the user's own job list is untouched.
     listed = batchq("status", env=embedded_env)
     assert system["job_id"] not in listed.stdout

@@ -163,7 +163,10 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
             out(f"median of {len(system.runs)} runs, alternating; the job's share in each: "
                 + ", ".join(f"{100 * r['ratio']:.0f}%" for r in system.runs))
         out(f"end to end vs the naive loop (EOS honoured, {system.naive_tokens_per_s:,.0f} "
-            f"output tokens/s): {system.speedup_vs_naive:.2f}x")
+            f"output tokens/s): {system.speedup_vs_naive:.2f}x"
+            + (" (median; each round: " + ", ".join(
+                f"{r['speedup_vs_naive']:.2f}x" for r in system.runs) + ")"
+               if len(system.runs) > 1 else ""))
     if options.json_path:
         report = {**_report(meta, results, system), "constrained": constrained}
         Path(options.json_path).write_text(json.dumps(report, indent=2) + "\n")

@@ -55,16 +55,13 @@ def as_job_lines(engine: Engine, prompts: list[PromptIn]) -> tuple[list[PromptIn
 def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[PromptIn],
                    lines: list[str], strategy: str, log: Callable[[str], None],
                    repeat: int = 1) -> SystemResult:
-    """The naive loop in-process on `prompts`, then `repeat` times in turn: `strategy`
-    in-process, and `lines` (the same prompts) as a job through the broker, the database and
-    a `batchq worker` subprocess (timed from submit to the job's end). Alternating the two
-    gives both the same machine: on a shared one, the engine alone moved by a third between
-    runs minutes apart. Without configured services, a throwaway embedded store and
-    broker are used."""
+    """`repeat` times in turn: the naive loop and `strategy` in-process on `prompts`, and
+    `lines` (the same prompts) as a job through the broker, the database and a `batchq
+    worker` subprocess (timed from submit to the job's end). Taking turns gives all three the
+    same machine: on a shared one, the engine alone moved by a third between runs minutes
+    apart. Without configured services, a throwaway embedded store and broker are used."""
     # A job line cannot ignore EOS, so neither do the runs it is compared with.
     honest = engine.with_options(ignore_eos=False)
-    naive = run_strategy(honest, "naive", prompts)
-    log(f"naive loop: {naive.output_tokens_per_s:,.0f} output tokens/s")
     b = engine.budget
     pairs = []
     match = True
@@ -76,12 +73,16 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
             # The runs before left their outputs behind: collected now, not inside this one
             # (a collection there made one engine-alone run of five 20% slower, every time).
             gc.collect()
+            naive = run_strategy(honest, "naive", prompts)
+            log(f"naive loop: {naive.output_tokens_per_s:,.0f} output tokens/s"
+                + (f" (round {n + 1} of {repeat})" if repeat > 1 else ""))
+            gc.collect()
             alone = run_strategy(honest, strategy, prompts)
             done = workers.time_job(lines)
             match = match and all(done.results[str(k)].output == text == naive.outputs[k][0]
                                   for k, (text, _) in alone.outputs.items())
             system = done.job.metrics.completion_tokens / done.seconds
-            pairs.append((alone, done, system))
+            pairs.append((alone, done, system, naive))
             # Where a pair's difference goes: inside the model's batches (the same work, on a
             # busier machine in the worker), or around them (the system's own, and encoding).
             log(f"{f'run {n + 1} of {repeat}: ' if repeat > 1 else ''}engine alone "
@@ -93,11 +94,15 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
     runs = [{"engine_tokens_per_s": alone.output_tokens_per_s, "system_tokens_per_s": system,
              "system_seconds": done.seconds, "ratio": system / alone.output_tokens_per_s,
              "engine_seconds": alone.seconds, "engine_generate_seconds": alone.generate_seconds,
-             "system_generate_seconds": done.job.metrics.generate_seconds}
-            for alone, done, system in pairs]
-    # The median pair (the lower of the middle two for an even count).
-    alone, done, system = sorted(pairs, key=lambda p: p[2] / p[0].output_tokens_per_s)[
+             "system_generate_seconds": done.job.metrics.generate_seconds,
+             "naive_tokens_per_s": naive.output_tokens_per_s,
+             "speedup_vs_naive": system / naive.output_tokens_per_s}
+            for alone, done, system, naive in pairs]
+    # The median pair (the lower of the middle two for an even count); the speedup against
+    # the naive loop is the median of each round's, whichever pair that was.
+    alone, done, system, naive = sorted(pairs, key=lambda p: p[2] / p[0].output_tokens_per_s)[
         (len(pairs) - 1) // 2]
+    speedup = sorted(r["speedup_vs_naive"] for r in runs)[(len(runs) - 1) // 2]
     job = done.job
     return SystemResult(
         backend=done.backend, engine_tokens_per_s=alone.output_tokens_per_s,
@@ -105,7 +110,7 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
         system_seconds=done.seconds, worker_generate_seconds=job.metrics.generate_seconds,
         batches=job.metrics.batches, completion_tokens=job.metrics.completion_tokens,
         job_id=job.id, ratio=system / alone.output_tokens_per_s,
-        speedup_vs_naive=system / naive.output_tokens_per_s, outputs_match=match, runs=runs)
+        speedup_vs_naive=speedup, outputs_match=match, runs=runs)
 
 
 @dataclass
