@@ -40,6 +40,7 @@ class ForkServer:
     def __init__(self, process: subprocess.Popen, sock: socket.socket):
         self.process, self.sock = process, sock
         self._reader = sock.makefile("r", encoding="utf-8")
+        self._turn = threading.Lock()  # one request and its answer at a time
 
     @classmethod
     def start(cls) -> ForkServer:
@@ -53,13 +54,14 @@ class ForkServer:
         server._ask({"op": "hello"})  # answered once its imports are done
         return server
 
-    def _ask(self, request: dict[str, Any], fds: list[int] = ()) -> dict[str, Any]:
+    def _ask(self, request: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
         message = (json.dumps(request) + "\n").encode()
-        if fds:
-            socket.send_fds(self.sock, [message], list(fds))
-        else:
-            self.sock.sendall(message)
-        line = self._reader.readline()
+        with self._turn:
+            if fds:
+                socket.send_fds(self.sock, [message], fds)
+            else:
+                self.sock.sendall(message)
+            line = self._reader.readline()
         if not line:
             raise RuntimeError(f"the fork server exited ({self.process.poll()})")
         answer = json.loads(line)

@@ -31,18 +31,22 @@ class InlineWorker:
         A job whose lines name several models runs one variant after another, the loaded
         one first, one model in memory at a time (on one GPU, as on a CPU)."""
         for share in reading.status(job_id, self.settings).variants:
-            runtime = self._holding(resolve(share.model, share.quant))
+            if not share.counts.pending:
+                continue  # nothing of it left to run (another worker ran it): no model load
+            # Only self.runtime refers to the loaded runtime, so _hold can let it go.
+            self._hold(resolve(share.model, share.quant))
             for chunk in reading.chunks(job_id, self.settings):
                 if chunk.queue == share.queue:
-                    run_chunk(chunk.id, runtime)
-                    runtime.tail.wait()  # the chunk's finish, which the status should show
+                    assert self.runtime is not None
+                    run_chunk(chunk.id, self.runtime)
+                    self.runtime.tail.wait()  # the chunk's finish, which the status shows
                     if on_chunk is not None:
                         on_chunk(reading.status(job_id, self.settings))
 
-    def _holding(self, variant: Variant) -> WorkerRuntime:
-        """The runtime of `variant`: the loaded one, or the one loaded in its place."""
+    def _hold(self, variant: Variant) -> None:
+        """Hold `variant`'s runtime: the loaded one, or one loaded in its place."""
         if self.runtime is not None and self.runtime.variant.queue == variant.queue:
-            return self.runtime
+            return
         if self.runtime is not None:
             self.runtime.tail.wait()
             device = self.runtime.engine.runner.device
@@ -51,4 +55,3 @@ class InlineWorker:
             gc.collect()  # the model's tensors, now unreferenced
             device.release_memory()
         self.runtime = load_runtime(replace(self.plan, variant=variant), self.settings)
-        return self.runtime
