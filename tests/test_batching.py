@@ -6,7 +6,16 @@ import random
 
 import pytest
 
-from batchq.engine.costs import ASSUMED, CostModel, calibration_shapes, fit
+from batchq.engine.costs import (
+    ASSUMED,
+    WIDE_SECONDS,
+    WIDE_SHAPES,
+    CostModel,
+    calibrate,
+    calibration_shapes,
+    fit,
+    wide_shapes,
+)
 from batchq.engine.planning import (
     BatchBudget,
     batch_cost,
@@ -114,3 +123,36 @@ def test_the_cost_model_is_fitted_back_from_timings_of_its_shapes():
 def test_calibration_shapes_fit_a_small_budget():
     for rows, width, steps in calibration_shapes(max_rows=4, max_tokens=600):
         assert rows <= 4 and rows * (width + steps) <= 600
+
+
+def test_wide_shapes_are_narrowed_to_what_the_small_shapes_say_is_quick():
+    quick = CostModel(per_step=1e-3, per_row_step=1e-5, per_prompt_token=1e-7,
+                      per_context_token=1e-9, measured=True)
+    assert wide_shapes(quick, max_rows=32, max_tokens=32768) == list(WIDE_SHAPES)
+    slow = CostModel(per_step=2e-2, per_row_step=1e-3, per_prompt_token=3e-5,
+                     per_context_token=1e-5, measured=True)
+    narrowed = wide_shapes(slow, max_rows=32, max_tokens=32768)
+    assert narrowed and all(slow.batch_seconds(*shape) <= WIDE_SECONDS
+                            for shape in narrowed)
+    assert [(r, s) for r, _, s in narrowed] == [(r, s) for r, _, s in WIDE_SHAPES]
+    assert [w for _, w, _ in narrowed] < [w for _, w, _ in WIDE_SHAPES]
+    # Too slow even at 16 tokens: not timed at all (a big model on a slow device).
+    assert wide_shapes(CostModel(1.0, 0, 0, 0, measured=True), 32, 32768) == []
+    for rows, width, steps in wide_shapes(quick, max_rows=4, max_tokens=600):
+        assert rows <= 4 and rows * (width + steps) <= 600
+
+
+def test_calibration_times_the_wide_shapes_too_and_fits_them_all():
+    truth = CostModel(per_step=2e-2, per_row_step=5e-4, per_prompt_token=3e-5,
+                      per_context_token=4e-6)
+    timed = []
+
+    def timer(rows, width, steps):
+        timed.append((rows, width, steps))
+        return truth.batch_seconds(rows, width, steps)
+
+    fitted = calibrate(timer, max_rows=32, max_tokens=32768)
+    wide = [shape for shape in timed if shape not in calibration_shapes(32, 32768)]
+    assert wide and all(truth.batch_seconds(*shape) <= WIDE_SECONDS for shape in wide)
+    for name in ("per_step", "per_row_step", "per_prompt_token", "per_context_token"):
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-6)

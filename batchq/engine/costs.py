@@ -27,6 +27,14 @@ from dataclasses import dataclass
 # that each term has a shape where it is large and one where it is small.
 CALIBRATION_SHAPES = ((1, 16, 1), (1, 16, 8), (8, 16, 8), (1, 256, 1), (8, 256, 1),
                       (4, 256, 8))
+# Then shapes like the batches a job runs: many rows, and a long context over many steps.
+# Fitted on the small shapes alone, a small model on a CPU priced its real batches at twice
+# what they took (its attention over a long cache, its rows at scale), and the planner cut
+# seven batches of a mix where five ran 15-25% faster (benchmarks/RESULTS.md, 2026-12-06).
+# Each is narrowed until the small shapes' fit says it takes at most WIDE_SECONDS, so a big
+# model on a slow device is not held up at start.
+WIDE_SHAPES = ((16, 64, 16), (8, 512, 16), (4, 1024, 16))
+WIDE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,10 +116,12 @@ def fit(samples: Sequence[tuple[int, int, int, float]]) -> CostModel:
     return CostModel(step, row_step, prompt_token, context_token, measured=True)
 
 
-def calibration_shapes(max_rows: int, max_tokens: int) -> list[tuple[int, int, int]]:
-    """CALIBRATION_SHAPES, each shrunk until it fits the budget."""
+def calibration_shapes(max_rows: int, max_tokens: int,
+                       wanted: Sequence[tuple[int, int, int]] = CALIBRATION_SHAPES
+                       ) -> list[tuple[int, int, int]]:
+    """The `wanted` shapes (CALIBRATION_SHAPES), each shrunk until it fits the budget."""
     shapes = []
-    for rows, width, steps in CALIBRATION_SHAPES:
+    for rows, width, steps in wanted:
         rows = min(rows, max_rows)
         while rows * (width + steps) > max_tokens and width > 8:
             width //= 2
@@ -119,15 +129,32 @@ def calibration_shapes(max_rows: int, max_tokens: int) -> list[tuple[int, int, i
     return shapes
 
 
+def wide_shapes(model: CostModel, max_rows: int, max_tokens: int) -> list[tuple[int, int, int]]:
+    """WIDE_SHAPES, each fitted to the budget, then narrowed until `model` (the small shapes'
+    fit) predicts at most WIDE_SECONDS for it."""
+    shapes = []
+    for rows, width, steps in calibration_shapes(max_rows, max_tokens, WIDE_SHAPES):
+        while model.batch_seconds(rows, width, steps) > WIDE_SECONDS and width > 16:
+            width //= 2
+        if model.batch_seconds(rows, width, steps) <= WIDE_SECONDS:
+            shapes.append((rows, width, steps))
+    return shapes
+
+
 def calibrate(time_batch: Timer, max_rows: int, max_tokens: int,
               time_continuous: Timer | None = None) -> CostModel:
-    """Time each shape twice, keep the faster (the machine may be busy), and fit. With
-    `time_continuous`, a continuous run of the third shape (several rows decoding) prices
-    continuous batching's steps: what it took beyond the static prediction, per step."""
+    """Time each shape twice, keep the faster (the machine may be busy), and fit; then the
+    wide shapes the fit says are quick enough, and fit again on all. With `time_continuous`,
+    a continuous run of the third shape (several rows decoding) prices continuous batching's
+    steps: what it took beyond the static prediction, per step."""
     shapes = calibration_shapes(max_rows, max_tokens)
     time_batch(*shapes[0])  # the first call of a process pays for lazy set-up
     samples = [(*shape, min(time_batch(*shape), time_batch(*shape))) for shape in shapes]
     model = fit(samples)
+    wide = wide_shapes(model, max_rows, max_tokens) if model.measured else []
+    if wide:
+        samples += [(*shape, min(time_batch(*shape), time_batch(*shape))) for shape in wide]
+        model = fit(samples)
     if time_continuous is None:
         return model
     rows, width, steps = shapes[2]
