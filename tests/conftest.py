@@ -5,13 +5,14 @@ A missing service skips its tests on a laptop and fails them in CI (CI=true).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -157,28 +158,37 @@ def thinking_model(tmp_path_factory, request) -> Path:
     return _built_once(request, tmp_path_factory, "tiny-qwen3", make_thinking_model)
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> str:
-    """A fresh, migrated PostgreSQL database for this test session."""
-    if not _port_open("127.0.0.1", 5432):
-        _missing("PostgreSQL at 127.0.0.1:5432")
+@contextlib.contextmanager
+def new_pg_database() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
     from sqlalchemy import create_engine, text
+
+    from batchq.store.database import get_engine
 
     name = f"batchq_test_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session."""
+    if not _port_open("127.0.0.1", 5432):
+        _missing("PostgreSQL at 127.0.0.1:5432")
     from batchq.store.migrate import upgrade
 
-    upgrade(url)
-    yield url
-    from batchq.store.database import get_engine
-
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_pg_database() as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

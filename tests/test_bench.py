@@ -167,6 +167,28 @@ def test_bench_refuses_bad_options_in_one_line(tiny_model, embedded_env, args, f
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.services
+@pytest.mark.parametrize("missing", ["schema", "broker"])
+def test_bench_refuses_services_that_could_not_run_a_job_before_timing_anything(
+        tiny_model, services_env, missing):
+    """Before: the strategies ran for minutes, then the first bench worker exited and the
+    refusal came back as 'unexpected error: RuntimeError' with the worker's log."""
+    from tests.conftest import free_port, new_pg_database
+
+    with new_pg_database() as empty:
+        if missing == "schema":
+            env = {**services_env, "BATCHQ_DATABASE_URL": empty}
+            fragment = "has no batchq schema; run `batchq db upgrade` first"
+        else:
+            env = {**services_env, "BATCHQ_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+            fragment = "cannot reach the broker at redis://127.0.0.1:"
+        for args in (["--system"], ["--engine", "null"]):
+            res = batchq("bench", str(tiny_model), "-n", "4", *args, env=env, timeout=120)
+            assert res.returncode == 5, res.stderr
+            assert fragment in res.stderr and "Traceback" not in res.stderr
+            assert res.stdout == ""  # nothing was measured
+
+
 def test_worker_budget_times_functions_that_exist_and_splits_each_job_by_them(capsys):
     # benchmarks/worker_budget.py wraps the worker's functions by name and rewrites the bench's
     # worker command: a rename or a new command must fail here, not in the next person's

@@ -53,23 +53,11 @@ def empty_database(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'old.db'}"
         return
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    from tests.conftest import PG_ADMIN_URL
+    from tests.conftest import new_pg_database
 
     request.getfixturevalue("pg_url")  # PostgreSQL is there (or the test skips or fails)
-    name = f"batchq_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_pg_database() as url:
+        yield url
 
 
 def _alembic(url, step, revision):

@@ -15,8 +15,8 @@ from batchq.service.reading import (
     status,
     write_results,
 )
-from batchq.service.submit import JobSettings, submit, validate_file
+from batchq.service.submit import JobSettings, check_services, submit, validate_file
 
-__all__ = ["JobSettings", "NewKey", "Retried", "Written", "active_jobs", "cancel", "chunks",
-           "create_key", "list_keys", "list_jobs", "results", "retry", "revoke_key", "status",
-           "submit", "validate_file", "wait", "write_results"]
+__all__ = ["JobSettings", "NewKey", "Retried", "Written", "active_jobs", "cancel",
+           "check_services", "chunks", "create_key", "list_keys", "list_jobs", "results",
+           "retry", "revoke_key", "status", "submit", "validate_file", "wait", "write_results"]

@@ -25,6 +25,7 @@ from batchq.service.intake import (
 )
 from batchq.service.routing import ModelRouter
 from batchq.store.intake import Also, NewJob, NewLine, create_job
+from batchq.store.migrate import ensure_schema
 from batchq.variants import Variant, resolve
 
 
@@ -100,6 +101,15 @@ def submit(path: str, model: str, quant: str | None = None, *,
                                 model=variant.model, quant=variant.quant,
                                 queue=variant.queue, settings=job_settings.to_dict(),
                                 total_lines=checked.accepted + len(checked.refused)))
+
+
+def check_services(settings: Settings) -> None:
+    """Raise ServiceUnavailable unless a job could be stored and queued now: the database
+    answers at the current schema (the embedded one is migrated) and so does the broker."""
+    from batchq.queue.publish import check_broker  # Celery: only where a message is sent
+
+    ensure_schema(settings.database_url)
+    check_broker(settings)
 
 
 def store_checked(settings: Settings, source: str, checked: Checked,

@@ -24,6 +24,7 @@ from batchq.tools.bench import strategies as compare
 from batchq.tools.bench.system import (
     SystemResult,
     as_job_lines,
+    check_configured_services,
     measure_ceiling,
     measure_system,
 )
@@ -85,6 +86,8 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
     import transformers
 
     names = options.check()
+    if options.system or options.engine == "null":
+        check_configured_services()
     settings = get_settings()
     workload = Workload(options.prompts, options.seed, *options.prompt_tokens,
                         *options.output_tokens, options.mix)

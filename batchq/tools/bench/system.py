@@ -149,6 +149,19 @@ class JobRun:
 WAIT_POLL_SECONDS = 0.5
 
 
+def uses_configured_services() -> bool:
+    """Whether the bench's jobs go to the database and broker the environment names; without
+    BATCHQ_DATABASE_URL they go to a throwaway embedded store, not the user's."""
+    return bool(os.environ.get("BATCHQ_DATABASE_URL"))
+
+
+def check_configured_services() -> None:
+    """Refuse before anything is timed, not minutes later when the first worker exits, when
+    the configured services could not run a job (no schema, nothing answering)."""
+    if uses_configured_services():
+        service.check_services(Settings.from_env(dict(os.environ)))
+
+
 class BenchWorkers:
     """`workers` worker subprocesses, started and ready, and jobs timed through them. Without
     configured services, a throwaway embedded store and broker are used."""
@@ -165,7 +178,7 @@ class BenchWorkers:
         self._tmp = tempfile.TemporaryDirectory(prefix="batchq-bench-")
         self.tmp = Path(self._tmp.name)
         env = dict(os.environ)
-        if not env.get("BATCHQ_DATABASE_URL"):
+        if not uses_configured_services():
             env["BATCHQ_HOME"] = str(self.tmp)
             env.pop("BATCHQ_BROKER_URL", None)
         self.settings = Settings.from_env(env)
