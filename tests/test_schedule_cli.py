@@ -58,6 +58,20 @@ def test_add_list_show_pause_resume_remove(embedded_env, docs, tmp_path):
     assert batchq("schedule", "remove", "fast", env=env).returncode == 0
     assert "fast" not in batchq("schedule", "list", env=env).stdout
 
+    # A run asked for now waits for a beat: said when it is queued, and again once a beat
+    # would have started it.
+    queued = batchq("schedule", "run-now", "nightly", env=env)
+    assert queued.returncode == 0 and queued.stderr.endswith(
+        " of 'nightly' queued; `batchq beat` (or a `batchq worker --beat`) starts it at its "
+        "next tick\n")
+    assert batchq("schedule", "list", env=env).stderr == ""  # just queued: no beat missed yet
+    _backdate_runs(env, minutes=5)
+    (warning,) = batchq("schedule", "list", env=env).stderr.splitlines()
+    assert warning.startswith("batchq: warning: schedule 'nightly': a run queued at ") and (
+        "has not started; it starts when `batchq beat` (or a `batchq worker --beat`) runs"
+        in warning)
+    assert "a run queued at" in batchq("schedule", "show", "nightly", env=env).stderr
+
 
 def _backdate(env, name, minutes):
     """The schedule as if added `minutes` ago (its interval counts from its creation)."""
@@ -72,6 +86,22 @@ def _backdate(env, name, minutes):
     with session_scope(Settings.from_env(env)) as session:
         schedule = session.scalars(select(Schedule).where(Schedule.name == name)).one()
         schedule.created_at -= timedelta(minutes=minutes)
+
+
+def _backdate_runs(env, minutes):
+    """Every run as if queued `minutes` ago."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from batchq.config import Settings
+    from batchq.store import schema  # noqa: F401  (the jobs table a run's job_id refers to)
+    from batchq.store.schedule_models import ScheduleRun
+    from batchq.store.sessions import session_scope
+
+    with session_scope(Settings.from_env(env)) as session:
+        for run in session.scalars(select(ScheduleRun)):
+            run.created_at -= timedelta(minutes=minutes)
 
 
 MISTAKES = [

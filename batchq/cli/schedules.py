@@ -120,6 +120,10 @@ def _warn_unfired(overviews: list[Overview]) -> None:
             click.echo(f"batchq: warning: schedule {item.schedule.name!r}: "
                        f"{iso(item.unfired)} passed and nothing fired it; nothing runs "
                        f"until {FIRES} does (it then catches up by --catch-up)", err=True)
+        if item.stalled is not None:
+            click.echo(f"batchq: warning: schedule {item.schedule.name!r}: a run queued at "
+                       f"{iso(item.stalled)} has not started; it starts when {FIRES} runs",
+                       err=True)
 
 
 def _generation_line(generation: dict[str, object]) -> list[str]:
@@ -207,8 +211,8 @@ def schedule_run_now(name: str, force: bool) -> None:
 
     settings = get_settings()
     run = run_now(settings, registry.get(name, settings), force)
-    click.echo(f"run {run.id} of {name!r} queued for the next beat tick"
-               + (" (every document)" if force else ""), err=True)
+    click.echo(f"run {run.id} of {name!r} queued" + (" (every document)" if force else "")
+               + f"; {FIRES} starts it at its next tick", err=True)
 
 
 @schedule.command("preview")

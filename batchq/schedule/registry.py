@@ -150,6 +150,10 @@ class Overview:
     # The oldest scheduled time that passed a while ago with nothing recorded for it (not
     # even as missed): no beat is running. None when every time that came was decided.
     unfired: datetime | None = None
+    # When the oldest run still waiting to start (run-now's, or a decided time's) was queued,
+    # if that was a while ago and no other run of the schedule holds it back: no beat is
+    # running to start it.
+    stalled: datetime | None = None
 
 
 def overview(schedule: ScheduleView, settings: Settings, next_n: int = 3) -> Overview:
@@ -161,7 +165,19 @@ def overview(schedule: ScheduleView, settings: Settings, next_n: int = 3) -> Ove
         unfired = next(timing.slots(decided, now - timedelta(seconds=GRACE_SECONDS)), None)
     return Overview(schedule, timing.describe(),
                     [] if schedule.paused_at else timing.next_slots(now, next_n),
-                    recent[0] if recent else None, unfired)
+                    recent[0] if recent else None, unfired, _stalled(schedule, settings, now))
+
+
+def _stalled(schedule: ScheduleView, settings: Settings, now: datetime) -> datetime | None:
+    """When the oldest waiting run was queued, if a beat would have started it by now: it was
+    queued over GRACE_SECONDS ago (a beat ticks every few seconds) and no run of the
+    schedule is preparing or running (which would hold it back, by --overlap)."""
+    open_runs = rows.runs_of(settings, schedule.id, limit=100, statuses=[
+        RunStatus.WAITING, RunStatus.PREPARING, RunStatus.RUNNING])
+    if any(run.status != RunStatus.WAITING for run in open_runs):
+        return None
+    queued = min((run.created_at for run in open_runs), default=None)
+    return queued if queued and now - queued > timedelta(seconds=GRACE_SECONDS) else None
 
 
 def listing(settings: Settings) -> list[Overview]:
