@@ -51,6 +51,8 @@ def test_bench_runs_the_users_own_workload_file_in_process_and_as_a_job(tiny_mod
                  "--json", str(out), env=embedded_env)
     assert res.returncode == 0, res.stderr
     assert f"3 prompts of {mine}" in res.stderr
+    assert (f"note: 1 line(s) of {mine} name a model (x: 1); the bench measures one variant "
+            f"and runs every line on {tiny_model}\n") in res.stderr
     # Measured, unless timings on a machine this busy made no sense (then the assumed costs).
     how = re.search(r"cost model \((measured|assumed)\): [\d.]+ ms a step", res.stderr)
     assert how, res.stderr

@@ -92,7 +92,12 @@ def run(options: BenchOptions, out: Say, note: Say) -> None:
     workload = Workload(options.prompts, options.seed, *options.prompt_tokens,
                         *options.output_tokens, options.mix)
     if options.workload:  # read first: a bad line is refused before a model loads
-        items, lines = from_file(options.workload, settings)
+        items, lines, named_models = from_file(options.workload, settings)
+        if named_models:
+            named = ", ".join(f"{name}: {count}" for name, count in named_models.most_common())
+            note(f"note: {named_models.total()} line(s) of {options.workload} name a model "
+                 f"({named}); the bench measures one variant and runs every line on "
+                 f"{options.model or options.random_alias}")
     else:
         items = workload.build()
     if options.engine == "null":

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from batchq.config import Settings
 from batchq.engine import GenerationSettings, PromptIn
@@ -67,15 +69,22 @@ class Workload:
         return out
 
 
-def from_file(path: str, settings: Settings) -> tuple[list[PromptIn], list[str]]:
-    """The user's own JSONL, checked as `batchq submit` checks it: its prompts (keyed by
-    custom_id, with each line's own settings) and its lines, for a job of the same file.
-    A bad line is an InputError naming the file and line, as submit would give."""
+class UserWorkload(NamedTuple):
+    prompts: list[PromptIn]  # keyed by custom_id, with each line's own settings
+    lines: list[str]  # for a job of the same file
+    # The models its lines name: the bench measures one variant and runs every line on it.
+    named_models: Counter[str]
+
+
+def from_file(path: str, settings: Settings) -> UserWorkload:
+    """The user's own JSONL, checked as `batchq submit` checks it. A bad line is an
+    InputError naming the file and line, as submit would give."""
     from batchq.service.intake import check_line
 
     prompts: list[PromptIn] = []
     lines: list[str] = []
     problems: list[str] = []
+    named_models: Counter[str] = Counter()
     with Path(path).open("rb") as stream:
         for line_no, raw in iter_raw_lines(stream):
             try:
@@ -87,9 +96,11 @@ def from_file(path: str, settings: Settings) -> tuple[list[PromptIn], list[str]]
                                     GenerationSettings.merged({}, request.params),
                                     tools=request.tools))
             lines.append(raw.decode("utf-8"))
+            if request.model is not None:
+                named_models[request.model] += 1
     if problems:
         raise InputError(path, problems[:10], len(problems),
                          f"{path}: {len(problems)} invalid line(s); nothing was run")
     if not prompts:
         raise InputError(path, [], 0, f"{path}: no lines to run")
-    return prompts, lines
+    return UserWorkload(prompts, lines, named_models)
