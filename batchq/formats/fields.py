@@ -66,8 +66,10 @@ def int_in(value: Any, where: str, low: int, high: int) -> int:
 
 
 def num_in(value: Any, where: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise LineError(f"field '{where}': expected a number, got {type_name(value)}")
+    if not math.isfinite(value):  # a literal such as 1e999, which JSON reads as infinity
+        raise LineError(f"field '{where}': {type_name(value)} is outside {low}..{high}")
     if not low <= value <= high:
         raise LineError(f"field '{where}': {value} is outside {low}..{high}")
     return float(value)
@@ -118,5 +120,7 @@ def content_text(value: Any, where: str) -> str:
 
 
 def type_name(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a number too large to represent"
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             int: "an integer", float: "a number", type(None): "null"}.get(type(value), "a value")
