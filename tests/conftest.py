@@ -92,10 +92,13 @@ def scrape(url: str) -> dict[str, float]:
 
 
 def sql(env: dict[str, str], query: str, **params: object) -> list:
-    """A query on the database a test's CLI uses (BATCHQ_DATABASE_URL), its rows as a list."""
+    """A query on the database a test's CLI uses (BATCHQ_DATABASE_URL, or the embedded one of
+    its BATCHQ_HOME), its rows as a list."""
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(env["BATCHQ_DATABASE_URL"])
+    from batchq.config import Settings
+
+    engine = create_engine(Settings.from_env(env).database_url)
     try:
         with engine.connect() as conn:
             return list(conn.execute(text(query), params).all())

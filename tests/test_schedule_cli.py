@@ -138,3 +138,39 @@ def test_unknown_schedules_are_not_found(embedded_env):
     for command in ("show", "pause", "resume", "remove"):
         res = batchq("schedule", command, "nope", env=embedded_env)
         assert res.returncode == 4 and "no schedule 'nope'" in res.stderr
+
+
+@pytest.mark.e2e
+def test_on_one_machine_a_worker_with_beat_fires_schedules_on_the_embedded_store(
+        embedded_env, tiny_model, start_worker, tmp_path):
+    """`batchq worker --beat` on the default SQLite store: the run-now runs, its folder is
+    written. Celery's embedded beat, which it used before, ran in a forked process where
+    SQLite failed every tick with 'locking protocol', and nothing ever fired."""
+    import json
+    from pathlib import Path
+
+    from tests.conftest import sql, wait_for
+
+    env, docs = embedded_env, tmp_path / "inbox"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The cat sat on the mat.")
+    (docs / "b.md").write_text("# Notes\n\nShip on Friday.")
+    out = tmp_path / "out"
+    assert batchq("schedule", "add", "notes", "--every", "1h", "--source", str(docs),
+                  "--prompt", "Summarise.", "--model", str(tiny_model), "--max-new-tokens", "4",
+                  "--output", str(out), env=env).returncode == 0
+    worker = start_worker("--model", str(tiny_model), "--beat", env=env)
+    assert batchq("schedule", "run-now", "notes", env=env).returncode == 0
+
+    def finished() -> list:
+        return sql(env, "SELECT status, output_path FROM schedule_runs WHERE status "
+                        "IN ('completed', 'failed')")
+
+    ((status, folder),) = wait_for(finished, timeout=90, what="the run")
+    assert status == "completed", worker.text()
+    results = [json.loads(line) for line in
+               (Path(folder) / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["path"] for r in results) == ["a.txt", "b.md"]
+    assert all(r["status"] == "succeeded" for r in results)
+    assert "beat: every 5s in this process" in worker.text()
+    assert "beat tick:" not in worker.text()  # no tick failed

@@ -27,8 +27,8 @@ from batchq.errors import ConfigError
                    "group, whichever the worker's measured cost model predicts is faster; see "
                    "README). naive is the tutorial loop, kept as a baseline.")
 @click.option("--beat", "with_beat", is_flag=True,
-              help="Also make schedules fire from this process (`batchq beat` embedded; one "
-                   "machine).")
+              help="Also make schedules fire from this process (`batchq beat` on a thread of "
+                   "the worker; one machine).")
 @click.option("--name", default=None,
               help="The first part of its Celery node name (default: variant and GPU); two "
                    "workers of one variant on one host need different names.")
@@ -50,7 +50,13 @@ def worker(model: str | None, quant: str | None, gpu: int | None, profile: str |
     check_broker(settings)  # before the timestamped log: a refusal stays one line
     setup_logging(is_verbose(), timestamps=True)
     logging.getLogger("batchq").setLevel(loglevel.upper())
-    serve(plan, settings, loglevel, announce=lambda line: click.echo(line, err=True))
+    companions = []
+    if plan.beat:
+        from batchq.schedule.beat import BeatThread
+
+        companions.append(BeatThread(settings))
+    serve(plan, settings, loglevel, announce=lambda line: click.echo(line, err=True),
+          companions=companions)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,6 +49,13 @@ class Ticker:
         if model_ref not in self._sizers:
             self._sizers[model_ref] = Sizer(model_ref)
         return self._sizers[model_ref]
+
+    def tick_or_warn(self) -> None:
+        """A tick now; a database away is logged, and the next tick tries again."""
+        try:
+            self.tick()
+        except BatchqError as exc:
+            log.warning("beat tick: %s", exc)
 
     def tick(self, now: datetime | None = None) -> None:
         now = now or utcnow()
@@ -133,15 +141,45 @@ class DatabaseScheduler(beat.Scheduler):
         pass
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        try:
-            self.ticker.tick()
-        except BatchqError as exc:  # a database away: the next tick tries again
-            log.warning("beat tick: %s", exc)
+        self.ticker.tick_or_warn()
         return float(self.app.conf.get("batchq_beat_seconds") or TICK_SECONDS)
 
     @property
     def schedule(self) -> dict[str, Any]:
         return {}
+
+
+class BeatThread:
+    """The beat on a thread of this process: `batchq worker --beat`, on one machine.
+
+    Not Celery's embedded beat (`celery worker --beat`): that forks a process which closes
+    every descriptor it inherited, while SQLite's own bookkeeping of the database files,
+    per process in the library, still points at them. On the embedded database every tick
+    of it failed with 'locking protocol'. A tick is mostly waiting on the database and the
+    files; preparing a run also tokenizes its documents, beside the worker's batches."""
+
+    # How long a stop waits for a tick under way (a run that is cut off while preparing is
+    # prepared again by a later beat, after PREPARE_LEASE).
+    STOP_SECONDS = 10.0
+
+    def __init__(self, settings: Settings, seconds: float = TICK_SECONDS):
+        self.ticker, self.seconds = Ticker(settings), seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="batchq-beat", daemon=True)
+
+    def start(self) -> None:
+        log.info("beat: every %gs in this process, schedules from the database", self.seconds)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.STOP_SECONDS)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.ticker.tick_or_warn()
+            self._stop.wait(self.seconds)
 
 
 def run_now(settings: Settings, schedule: ScheduleView, force: bool) -> RunView:

@@ -9,9 +9,9 @@ import logging
 import os
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from celery import bootsteps, signals
 
@@ -62,7 +62,7 @@ class WorkerPlan:
     max_batch_tokens: int | None = None
     max_batch_rows: int | None = None
     name: str | None = None  # the Celery node name's first part (default: variant and GPU)
-    beat: bool = False  # also run batchq's beat in this process (one machine)
+    beat: bool = False  # also run batchq's beat in this process (one machine; the CLI's)
     engine: str = "transformers"  # or "null": generates nothing (benchmarks only)
 
     @classmethod
@@ -113,9 +113,16 @@ def celery_argv(plan: WorkerPlan, settings: Settings, loglevel: str) -> list[str
             "-n", f"{plan.node}@%h", "--loglevel", loglevel, "--without-mingle"]
     if settings.embedded:
         argv += ["--without-gossip"]  # the SQLite broker has no broadcast
-    if plan.beat:
-        argv += ["--beat", "--scheduler", "batchq.schedule.beat:DatabaseScheduler"]
     return argv
+
+
+class Companion(Protocol):
+    """A service that runs beside the worker's loop, on threads of its own: started when the
+    worker is ready, stopped when it shuts down (the beat of `batchq worker --beat`)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class PromptShutdown(bootsteps.StartStopStep):
@@ -135,9 +142,10 @@ def _nothing() -> None:
     pass
 
 
-def install_hooks(settings: Settings, queue: str) -> None:
-    """Once Celery is ready, set the start-up heap aside and sweep; on SIGTERM, hand back the
-    running chunk at its next batch boundary (Celery's warm shutdown then exits)."""
+def install_hooks(settings: Settings, queue: str, companions: Sequence[Companion] = ()) -> None:
+    """Once Celery is ready, set the start-up heap aside, sweep and start the companions; on
+    SIGTERM, hand back the running chunk at its next batch boundary (Celery's warm shutdown
+    then exits) and stop them."""
     sweeper = Sweeper(settings, queue)
 
     def ready(**_: Any) -> None:
@@ -148,22 +156,27 @@ def install_hooks(settings: Settings, queue: str) -> None:
         gc.collect()
         gc.freeze()
         sweeper.start()
+        for companion in companions:
+            companion.start()
 
     def stopping(**_: Any) -> None:
         shutdown_requested.set()
         sweeper.stop()
+        for companion in companions:
+            companion.stop()
 
     signals.worker_ready.connect(ready, weak=False)
     signals.worker_shutting_down.connect(stopping, weak=False)
 
 
 def serve(plan: WorkerPlan, settings: Settings, loglevel: str,
-          announce: Callable[[str], None] = print) -> None:
+          announce: Callable[[str], None] = print,
+          companions: Sequence[Companion] = ()) -> None:
     """Run the worker until it is stopped: the model load (after the database is checked),
-    then Celery's loop."""
+    then Celery's loop, with `companions` beside it."""
     runtime = load_runtime(plan, settings)
     announce(startup_line(runtime))
-    install_hooks(settings, plan.variant.queue)
+    install_hooks(settings, plan.variant.queue, companions)
     app = app_for(settings)
     task.register(app)
     app.steps["worker"].add(PromptShutdown)
