@@ -178,7 +178,10 @@ class BeatThread:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.ticker.tick_or_warn()
+            try:
+                self.ticker.tick_or_warn()
+            except Exception:  # a thread that ended here would leave nothing firing, unsaid
+                log.exception("beat tick failed; the next one tries again")
             self._stop.wait(self.seconds)
 
 

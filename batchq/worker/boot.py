@@ -62,7 +62,7 @@ class WorkerPlan:
     max_batch_tokens: int | None = None
     max_batch_rows: int | None = None
     name: str | None = None  # the Celery node name's first part (default: variant and GPU)
-    beat: bool = False  # also run batchq's beat in this process (one machine; the CLI's)
+    beat: bool = False  # also run batchq's beat here (one machine): the CLI passes it
     engine: str = "transformers"  # or "null": generates nothing (benchmarks only)
 
     @classmethod
