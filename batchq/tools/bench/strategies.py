@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from batchq.engine import STRATEGIES, Completion, Engine, PromptIn
 from batchq.engine.loading import kv_bytes_per_token
 from batchq.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def median_round(rounds: Sequence[T], key: Callable[[T], float]) -> T:
+    """The round whose figure is the median; the lower of the middle two for an even count
+    (as statistics.median_low, which takes no key)."""
+    return sorted(rounds, key=key)[(len(rounds) - 1) // 2]
+
 
 # Memory bandwidth (bytes/s) by GPU name, for the decode roofline (FACTS.md; vendor specs).
 BANDWIDTH = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100", 2.0e12),
@@ -109,8 +119,7 @@ def compare(engine: Engine, prompts: list[PromptIn], strategies: list[str],
                 r.speedup_vs_naive = r.output_tokens_per_s / naive.output_tokens_per_s
     chosen = []
     for runs in zip(*played, strict=True):
-        ranked = sorted(runs, key=lambda r: r.speedup_vs_naive or r.output_tokens_per_s)
-        median = ranked[(len(ranked) - 1) // 2]  # the lower of the middle two
+        median = median_round(runs, key=lambda r: r.speedup_vs_naive or r.output_tokens_per_s)
         median.speedups = [r.speedup_vs_naive for r in runs if r.speedup_vs_naive is not None]
         chosen.append(median)
     return chosen

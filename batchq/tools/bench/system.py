@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any
 from batchq import service
 from batchq.config import Settings
 from batchq.engine import Engine, PromptIn
-from batchq.tools.bench.strategies import run_strategy
+from batchq.tools.bench.strategies import median_round, run_strategy
 
 
 @dataclass
@@ -100,9 +101,8 @@ def measure_system(engine: Engine, model_ref: str, quant: str, prompts: list[Pro
             for alone, done, system, naive in pairs]
     # The median pair (the lower of the middle two for an even count); the speedup against
     # the naive loop is the median of each round's, whichever pair that was.
-    alone, done, system, naive = sorted(pairs, key=lambda p: p[2] / p[0].output_tokens_per_s)[
-        (len(pairs) - 1) // 2]
-    speedup = sorted(r["speedup_vs_naive"] for r in runs)[(len(runs) - 1) // 2]
+    alone, done, system, naive = median_round(pairs, key=lambda p: p[2] / p[0].output_tokens_per_s)
+    speedup = statistics.median_low(r["speedup_vs_naive"] for r in runs)
     job = done.job
     return SystemResult(
         backend=done.backend, engine_tokens_per_s=alone.output_tokens_per_s,
