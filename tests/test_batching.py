@@ -25,13 +25,18 @@ from batchq.engine.planning import (
     plan_seconds,
 )
 
+TERMS = ("per_step", "per_row_step", "per_prompt_token", "per_prompt_pair", "per_context_token")
+
 # Costs measured on the development machine for two model sizes (worker start-up lines), and a
 # GPU-like shape where a step is nearly free next to the rows it carries.
 COSTS = [ASSUMED,
          CostModel(per_step=6e-3, per_row_step=9e-4, per_prompt_token=3e-6, per_context_token=3e-9),
          CostModel(per_step=1.2e-2, per_row_step=2.5e-3, per_prompt_token=5e-5,
                    per_context_token=3e-9),
-         CostModel(per_step=1e-4, per_row_step=1e-6, per_prompt_token=1e-7, per_context_token=0)]
+         CostModel(per_step=1e-4, per_row_step=1e-6, per_prompt_token=1e-7, per_context_token=0),
+         # The small model on this CPU with the padding-free prefill (batchq.engine.attention).
+         CostModel(per_step=2e-2, per_row_step=7.5e-4, per_prompt_token=4.9e-5,
+                   per_context_token=7e-7, per_prompt_pair=1.1e-8, padding_free_prefill=True)]
 
 
 def _mix(rng):
@@ -84,6 +89,24 @@ def test_a_long_prompt_among_short_ones_gets_a_batch_of_its_own_when_padding_cos
     assert len(plan_optimal(lengths, 16, budget, steps)) == 1
 
 
+def test_a_padding_free_prefill_prices_each_prompt_by_its_own_length():
+    pairs_only = CostModel(per_step=0, per_row_step=0, per_prompt_token=0, per_context_token=0,
+                           per_prompt_pair=1.0)
+    free = pairs_only.with_prefill(padding_free=True)
+    own = 100**2 + 10**2
+    assert pairs_only.batch_seconds(2, 100, 0, own) == 2 * 100**2  # the pad is attended too
+    assert free.batch_seconds(2, 100, 0, own) == own
+    assert free.batch_seconds(2, 100, 0) == 2 * 100**2  # lengths unknown: every row as wide
+    # So a long prompt costs its short batch-mates less, and plans cut fewer batches for it.
+    lengths = [2000] + [20] * 15
+    budget = BatchBudget(max_tokens=10**6, max_rows=32)
+    padded = CostModel(per_step=0.2, per_row_step=0, per_prompt_token=1e-6, per_context_token=0,
+                       per_prompt_pair=1e-6)
+    assert plan_optimal(lengths, 16, budget, padded) == [[0], list(range(1, 16))]
+    assert plan_optimal(lengths, 16, budget, padded.with_prefill(padding_free=True)) == [
+        list(range(16))]
+
+
 def test_sorted_batches_pad_less_than_arrival_order():
     rng = random.Random(7)
     lengths = [int(2 ** rng.uniform(4, 11)) for _ in range(256)]
@@ -104,16 +127,15 @@ def test_a_prompt_over_budget_runs_alone_longest_first():
 
 def test_the_cost_model_is_fitted_back_from_timings_of_its_shapes():
     truth = CostModel(per_step=6e-3, per_row_step=9e-4, per_prompt_token=4e-6,
-                      per_context_token=2e-9)
+                      per_context_token=2e-9, per_prompt_pair=3e-9)
     shapes = calibration_shapes(max_rows=32, max_tokens=16384)
     fitted = fit([(r, w, s, truth.batch_seconds(r, w, s)) for r, w, s in shapes])
     assert fitted.measured
-    for name in ("per_step", "per_row_step", "per_prompt_token", "per_context_token"):
+    for name in TERMS:
         assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-6)
     # Timings no term explains (or noise making one negative) never give a negative cost.
     noisy = fit([(r, w, s, 0.01 + (0.005 if i % 2 else 0)) for i, (r, w, s) in enumerate(shapes)])
-    assert min(noisy.per_step, noisy.per_row_step, noisy.per_prompt_token,
-               noisy.per_context_token) >= 0
+    assert min(getattr(noisy, name) for name in TERMS) >= 0
     # Timings best explained without a step (a busy machine can give such) still make a
     # measured model, with a step that costs something: never the assumed one.
     busy = fit([(r, w, s, 1e-3 * r * s) for r, w, s in shapes])
@@ -137,14 +159,14 @@ def test_wide_shapes_are_narrowed_to_what_the_small_shapes_say_is_quick():
     assert [(r, s) for r, _, s in narrowed] == [(r, s) for r, _, s in WIDE_SHAPES]
     assert [w for _, w, _ in narrowed] < [w for _, w, _ in WIDE_SHAPES]
     # Too slow even at 16 tokens: not timed at all (a big model on a slow device).
-    assert wide_shapes(CostModel(1.0, 0, 0, 0, measured=True), 32, 32768) == []
+    assert wide_shapes(CostModel(2.0, 0, 0, 0, measured=True), 32, 32768) == []
     for rows, width, steps in wide_shapes(quick, max_rows=4, max_tokens=600):
         assert rows <= 4 and rows * (width + steps) <= 600
 
 
 def test_calibration_times_the_wide_shapes_too_and_fits_them_all():
     truth = CostModel(per_step=2e-2, per_row_step=5e-4, per_prompt_token=3e-5,
-                      per_context_token=4e-6)
+                      per_context_token=7e-7, per_prompt_pair=1.1e-8)
     timed = []
 
     def timer(rows, width, steps):
@@ -154,5 +176,5 @@ def test_calibration_times_the_wide_shapes_too_and_fits_them_all():
     fitted = calibrate(timer, max_rows=32, max_tokens=32768)
     wide = [shape for shape in timed if shape not in calibration_shapes(32, 32768)]
     assert wide and all(truth.batch_seconds(*shape) <= WIDE_SECONDS for shape in wide)
-    for name in ("per_step", "per_row_step", "per_prompt_token", "per_context_token"):
+    for name in TERMS:
         assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-6)

@@ -38,6 +38,42 @@ def test_greedy_output_of_a_padded_batch_equals_each_prompt_alone(engine):
         assert batched[p.key].prompt_tokens == len(engine.encode(p))
 
 
+def test_the_padding_free_prefill_sees_what_the_masked_one_sees(engine, monkeypatch):
+    """batchq.engine.attention: on a CPU each padded row attends over its own tokens alone;
+    its logits are transformers' own SDPA's, and the rows really took that path."""
+    import torch
+
+    from batchq.engine import attention
+
+    model = engine.model
+    assert attention.is_padding_free(model) and engine.runner.cost.padding_free_prefill
+    lengths = [37, 5, 120, 64]
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), engine.codec.pad_id)
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = torch.arange(1000 + row, 1000 + row + n)
+        mask[row, width - n:] = 1
+    seen = []
+    found = attention._left_padding
+    monkeypatch.setattr(attention, "_left_padding", lambda *a: seen.append(found(*a)) or seen[-1])
+    with torch.inference_mode():
+        ours = model(input_ids=ids, attention_mask=mask).logits
+        with attention.stock_attention(model):
+            stock = model(input_ids=ids, attention_mask=mask).logits
+    assert attention.is_padding_free(model)  # restored
+    layers = model.config.num_hidden_layers
+    assert seen == [[width - n for n in lengths]] * layers  # every layer, each row's padding
+    for row, n in enumerate(lengths):
+        torch.testing.assert_close(ours[row, width - n:], stock[row, width - n:],
+                                   rtol=1e-4, atol=1e-4)
+    # A batch without padding has no mask: transformers' own causal path, nothing recognised.
+    seen.clear()
+    with torch.inference_mode():
+        model(input_ids=ids[:, -5:], attention_mask=mask[:, -5:])
+    assert seen == [None] * layers
+
+
 def test_each_line_stops_at_its_own_limit_and_sampling_settings_never_mix(engine):
     prompts = [chat(0, "a", max_new_tokens=3), chat(1, "b", max_new_tokens=9),
                chat(2, "c", max_new_tokens=3, temperature=0.7, seed=1)]

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from batchq.engine.attention import is_padding_free
 from batchq.engine.codec import PromptCodec, end_token_ids
 from batchq.engine.device import Device, select_device
 from batchq.engine.loading import default_budget, load_pretrained
@@ -81,6 +82,7 @@ class Engine:
             from batchq.engine.calibration import measure_costs
 
             runner.cost = measure_costs(runner, continuous=where.on_cuda)
+        runner.cost = runner.cost.with_prefill(padding_free=is_padding_free(model))
         engine = cls(runner, strategy)
         log.info("loaded %s (%s) on %s; strategy %s; %s", model_ref, quant, device,
                  engine.strategy, runner.cost.describe())

@@ -33,17 +33,22 @@ def load_pretrained(model_ref: str, quant: str, device: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from batchq.engine import attention
+
+    # A CPU prefills padded rows without paying for their padding (batchq.engine.attention);
+    # a GPU keeps transformers' choice, which is unmeasured against it there.
+    options: dict[str, Any] = {"trust_remote_code": False}
+    if device == "cpu":
+        options["attn_implementation"] = attention.register()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_ref, trust_remote_code=False)
         qconfig = quantization_config(quant, device)
         if qconfig is None:
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-            model = AutoModelForCausalLM.from_pretrained(
-                model_ref, dtype=dtype, trust_remote_code=False).to(device)
+            model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=dtype, **options).to(device)
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                model_ref, quantization_config=qconfig, device_map={"": device},
-                trust_remote_code=False)
+                model_ref, quantization_config=qconfig, device_map={"": device}, **options)
     except (OSError, ValueError) as exc:
         # ValueError: among others, a model that needs its own code.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -117,15 +117,16 @@ def plan_optimal(prompt_lengths: Sequence[int], max_new_tokens: Sequence[int] | 
     best = [0.0] + [math.inf] * n  # best[i]: cheapest plan of order[:i]
     cut = [0] * (n + 1)  # where the last batch of that plan starts
     for end in range(1, n + 1):
-        width = limit = 0
+        width = limit = squares = 0
         for start in range(end - 1, max(end - budget.max_rows, 0) - 1, -1):
             index = order[start]
             width = max(width, prompt_lengths[index])
             limit = max(limit, limits[index])
+            squares += prompt_lengths[index] ** 2
             rows = end - start
             if rows > 1 and rows * (width + limit) > budget.max_tokens:
                 break  # widening only grows it: no earlier start fits either
-            total = best[start] + cost.batch_seconds(rows, width, limit)
+            total = best[start] + cost.batch_seconds(rows, width, limit, squares)
             if total < best[end]:
                 best[end], cut[end] = total, start
     batches: list[list[int]] = []
@@ -141,4 +142,5 @@ def plan_seconds(batches: Sequence[Sequence[int]], prompt_lengths: Sequence[int]
     """What a plan costs under `cost`: the sum of its batches' predicted seconds."""
     limits = _as_limits(max_new_tokens, len(prompt_lengths))
     return sum(cost.batch_seconds(len(b), max(prompt_lengths[i] for i in b),
-                                  max(limits[i] for i in b)) for b in batches)
+                                  max(limits[i] for i in b), sum(prompt_lengths[i] ** 2 for i in b))
+               for b in batches)

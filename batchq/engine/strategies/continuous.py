@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
+from batchq.engine.attention import stock_attention
 from batchq.engine.strategies.base import Strategy
 from batchq.engine.strategies.static import StaticBatches
 from batchq.engine.types import (
@@ -37,6 +38,18 @@ class ContinuousBatches(Strategy):
         limit. Results are handed out in groups of up to max_rows as they finish. If the manager
         stops before every prompt is done (out of memory, say), the rest run as static batches.
         """
+        # The manager accepts transformers' own attention only; it pads nothing anyway.
+        with stock_attention(self.runner.model):
+            unfinished = yield from self._paged(items, started)
+        if unfinished:
+            log.warning("continuous batching stopped with %d prompts open; running them as "
+                        "static batches", len(unfinished))
+            self.runner.device.release_memory()
+            yield from StaticBatches(self.runner).run(unfinished, started)
+
+    def _paged(self, items: list[WorkItem],
+               started: OnBatch) -> Generator[BatchOutput, None, list[WorkItem]]:
+        """The manager's run; what it left unfinished is returned."""
         from transformers import ContinuousBatchingConfig
 
         runner, codec, budget = self.runner, self.runner.codec, self.runner.budget
@@ -82,11 +95,7 @@ class ContinuousBatches(Strategy):
                 yield self._output(done, clock)
         finally:
             manager.stop(block=True)
-        if by_request:
-            log.warning("continuous batching stopped with %d prompts open; running them as "
-                        "static batches", len(by_request))
-            runner.device.release_memory()
-            yield from StaticBatches(runner).run(list(by_request.values()), started)
+        return list(by_request.values())
 
     def _output(self, done: list[Completion], clock: float) -> BatchOutput:
         tokens = sum(c.completion_tokens for c in done)

@@ -1,10 +1,12 @@
 """The loop the tutorials teach, kept as the baseline of `batchq bench`: arrival order, batches
-of 16, padded to the longest, one `generate` per batch, every row run to the largest limit."""
+of 16, padded to the longest, one `generate` per batch, every row run to the largest limit, on
+transformers' own attention (not batchq.engine.attention's padding-free prefill)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from batchq.engine.attention import stock_attention
 from batchq.engine.strategies.base import Strategy, batch_keys
 from batchq.engine.types import BatchOutput, OnBatch, WorkItem
 
@@ -20,4 +22,6 @@ class NaiveLoop(Strategy):
         keys = batch_keys(batches)
         for n, batch in enumerate(batches):
             started(keys[n], keys[n + 1:])
-            yield self.runner.run_padded(batch, per_row_limits=False)
+            with stock_attention(self.runner.model):
+                output = self.runner.run_padded(batch, per_row_limits=False)
+            yield output
