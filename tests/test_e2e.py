@@ -312,7 +312,8 @@ def test_submit_then_worker_on_the_embedded_default(embedded_env, start_worker, 
     startup = next(line for line in worker.text().splitlines() if line.startswith("batchq worker:"))
     assert "auto batches of up to 32 rows and 32768 tokens" in startup
     assert re.search(r"cost model \(measured\): [\d.]+ ms a step, [\d.]+ ms a row-step, [\d.]+ us a "
-                     r"prompt token, [\d.]+ ns a context token$", startup), startup
+                     r"prompt token, [\d.]+ ns a prompt pair, [\d.]+ ns a context token; "
+                     r"padding-free prefill$", startup), startup
     waited = batchq("submit", str(data), "--model", str(tiny_model), "--max-new-tokens", "4",
                     "--wait", env=embedded_env)
     assert waited.returncode == 0, waited.stderr

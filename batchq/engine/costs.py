@@ -30,8 +30,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 # (rows, width, steps) of the calibration batches, scaled down to fit the budget; chosen so
-# that each term has a shape where it is large and one where it is small.
-CALIBRATION_SHAPES = ((1, 16, 1), (1, 16, 8), (8, 16, 8), (1, 256, 1), (8, 256, 1),
+# that each term has a shape where it is large and one where it is small. Never one row: a
+# single row's step is a matrix-vector product, a kernel of its own (on the development CPU
+# 21.7 ms a step, against 34-36 ms for 4 to 16 rows, 44 for 32); fitted beside the others it
+# made a step look as if its cost grew with the context, at 4-14 us a context token
+# against the 0.4-1.1 measured, and the planner feared wide batches it should have run.
+CALIBRATION_SHAPES = ((4, 16, 1), (4, 16, 8), (16, 16, 8), (4, 256, 1), (16, 256, 1),
                       (4, 256, 8))
 TERMS = 5
 # Then shapes like the batches a job runs: many rows, and a long context over many steps.
@@ -99,6 +103,8 @@ class CostModel:
                 f"{1e9 * self.per_context_token:.1f} ns a context token")
         if self.continuous_step is not None:
             text += f"; continuous +{1e3 * self.continuous_step:.2f} ms a step"
+        if self.padding_free_prefill:
+            text += "; padding-free prefill"
         return text
 
 
