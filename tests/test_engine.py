@@ -47,7 +47,7 @@ def test_the_padding_free_prefill_sees_what_the_masked_one_sees(engine, monkeypa
 
     model = engine.model
     assert attention.is_padding_free(model) and engine.runner.cost.padding_free_prefill
-    lengths = [37, 5, 120, 64]
+    lengths = [150, 5, 300, 64]  # wider than attention.MIN_WIDTH
     width = max(lengths)
     ids = torch.full((len(lengths), width), engine.codec.pad_id)
     mask = torch.zeros((len(lengths), width), dtype=torch.long)
@@ -67,11 +67,14 @@ def test_the_padding_free_prefill_sees_what_the_masked_one_sees(engine, monkeypa
     for row, n in enumerate(lengths):
         torch.testing.assert_close(ours[row, width - n:], stock[row, width - n:],
                                    rtol=1e-4, atol=1e-4)
-    # A batch without padding has no mask: transformers' own causal path, nothing recognised.
+    # A batch without padding has no mask, and a narrow one a small mask: transformers' own
+    # path for both.
     seen.clear()
     with torch.inference_mode():
-        model(input_ids=ids[:, -5:], attention_mask=mask[:, -5:])
-    assert seen == [None] * layers
+        model(input_ids=ids[2:3], attention_mask=mask[2:3])  # 300 tokens, no padding
+        narrow = attention.MIN_WIDTH - 1  # row 1 is padded here
+        model(input_ids=ids[:, -narrow:], attention_mask=mask[:, -narrow:])
+    assert seen == [None] * layers  # the first looked, found no mask; the second never looked
 
 
 def test_each_line_stops_at_its_own_limit_and_sampling_settings_never_mix(engine):

@@ -24,6 +24,10 @@ from typing import Any
 
 NAME = "batchq_rowwise"
 STOCK = "sdpa"
+# Below this width the mask is small and a call per row costs more than it saves: at 32-64
+# tokens the row-by-row prefill was 1-7% slower, at 128 even, from 256 faster (2-5% at 256
+# and 512, twofold at 2,048; two model sizes, benchmarks/RESULTS.md).
+MIN_WIDTH = 128
 
 
 def _left_padding(mask: Any, rows: int, length: int) -> list[int] | None:
@@ -50,13 +54,14 @@ def rowwise_prefill_attention(module: Any, query: Any, key: Any, value: Any,
 
     rows, _, length, _ = query.shape
     pads = None
-    if (length > 1 and key.shape[2] == length and kwargs.get("position_bias") is None
+    if (length >= MIN_WIDTH and key.shape[2] == length and kwargs.get("position_bias") is None
             and getattr(module, "is_causal", True) and not getattr(module, "sliding_window", None)
             and not module.training):
         pads = _left_padding(attention_mask, rows, length)
     if pads is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout,
-                                      scaling, is_causal, **kwargs)
+        stock: tuple[Any, None] = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
+        return stock
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     # Pad positions keep zeros: no real token attends to them, and zeros stay finite through
     # the next layer's norm (NaN there would reach the real tokens through masked-out keys).
