@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from batchq.engine import attention
 from batchq.engine.costs import (
     ASSUMED,
     WIDE_SECONDS,
@@ -93,10 +94,13 @@ def test_a_padding_free_prefill_prices_each_prompt_by_its_own_length():
     pairs_only = CostModel(per_step=0, per_row_step=0, per_prompt_token=0, per_context_token=0,
                            per_prompt_pair=1.0)
     free = pairs_only.with_prefill(padding_free=True)
-    own = 100**2 + 10**2
-    assert pairs_only.batch_seconds(2, 100, 0, own) == 2 * 100**2  # the pad is attended too
-    assert free.batch_seconds(2, 100, 0, own) == own
-    assert free.batch_seconds(2, 100, 0) == 2 * 100**2  # lengths unknown: every row as wide
+    own = 200**2 + 10**2
+    assert pairs_only.batch_seconds(2, 200, 0, own) == 2 * 200**2  # the pad is attended too
+    assert free.batch_seconds(2, 200, 0, own) == own
+    assert free.batch_seconds(2, 200, 0) == 2 * 200**2  # lengths unknown: every row as wide
+    # Narrower than attention.MIN_WIDTH, the prefill is transformers' masked one.
+    narrow = attention.MIN_WIDTH - 1
+    assert free.batch_seconds(2, narrow, 0, narrow**2 + 1) == 2 * narrow**2
     # So a long prompt costs its short batch-mates less, and plans cut fewer batches for it.
     lengths = [2000] + [20] * 15
     budget = BatchBudget(max_tokens=10**6, max_rows=32)

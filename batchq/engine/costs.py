@@ -29,6 +29,8 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from batchq.engine.attention import MIN_WIDTH as PADDING_FREE_MIN_WIDTH
+
 # (rows, width, steps) of the calibration batches, scaled down to fit the budget; chosen so
 # that each term has a shape where it is large and one where it is small. Never one row: a
 # single row's step is a matrix-vector product, a kernel of its own (on the development CPU
@@ -69,9 +71,11 @@ class CostModel:
     def batch_seconds(self, rows: int, width: int, steps: int,
                       squared_lengths: int | None = None) -> float:
         """One padded batch. `squared_lengths`, the sum of its prompts' squared lengths,
-        prices a padding-free prefill; without it every row is taken to be `width` long."""
+        prices a padding-free prefill (which runs from PADDING_FREE_MIN_WIDTH wide); without
+        it every row is taken to be `width` long."""
         pairs = rows * width * width
-        if self.padding_free_prefill and squared_lengths is not None:
+        if (self.padding_free_prefill and squared_lengths is not None
+                and width >= PADDING_FREE_MIN_WIDTH):
             pairs = squared_lengths
         return (self.per_step * steps + self.per_row_step * rows * steps
                 + self.per_prompt_token * rows * width + self.per_prompt_pair * pairs
