@@ -133,8 +133,13 @@ def test_a_run_over_a_folder_then_only_what_changed(services_env, shared_worker,
         assert [line["path"] for line in again] == ["plain.txt"]  # only what changed
         manifest = json.loads((Path(second[5]) / "manifest.json").read_text())
         assert manifest["deleted"] == ["notes/todo.md"]  # noted, not an error
-        assert manifest["documents"]["unchanged"] >= 4
-        assert not (Path(second[5]) / "errors.jsonl").read_text()
+        # The broken PDF is not read again, but it never ran: unreadable again, not unchanged.
+        assert manifest["documents"]["unchanged"] == 4 and manifest["documents"]["unreadable"] == 1
+        (still,) = jsonl(Path(second[5]) / "errors.jsonl")
+        assert still["path"] == "broken.pdf" and still["error"] == error["error"]
+        shown = batchq("schedule", "preview", "inbox", env=env).stdout.splitlines()
+        (broken,) = [line for line in shown if line.startswith("broken.pdf")]
+        assert broken.split()[1] == "unreadable" and "not a readable PDF" in broken
         listed = batchq("schedule", "list", env=env).stdout
         assert "inbox" in listed and "completed" in listed
         from prometheus_client import generate_latest
@@ -145,7 +150,7 @@ def test_a_run_over_a_folder_then_only_what_changed(services_env, shared_worker,
         page = generate_latest(registry(Settings.from_env(env))).decode()
         assert 'batchq_schedule_runs{schedule="inbox",status="completed"} 2.0' in page
         assert 'batchq_schedule_last_success_timestamp_seconds{schedule="inbox"}' in page
-        assert 'batchq_schedule_documents{schedule="inbox",status="unreadable"} 1.0' in page
+        assert 'batchq_schedule_documents{schedule="inbox",status="unreadable"} 2.0' in page
     finally:
         for process in beats:
             stop(process)

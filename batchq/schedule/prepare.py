@@ -115,14 +115,18 @@ def prepare(settings: Settings, schedule: ScheduleView, run: RunView,
     long_mode = schedule.options.get("long", "split")
     prepared = Prepared(fingerprint=fingerprint(schedule, template))
     fp = prepared.fingerprint
-    done = set() if run.force else rows.processed_hashes(settings, schedule.id, fp)
+    done = {} if run.force else rows.processed_hashes(settings, schedule.id, fp)
     seen = set()
     for index, document in enumerate(scan(folder, schedule.glob), start=1):
         seen.add(document.relative)
         row = DocumentRow(document.relative, document.content_hash, fp, DocumentStatus.QUEUED)
         if document.content_hash in done:
-            prepared.documents.append(DocumentRow(document.relative, document.content_hash, fp,
-                                                  DocumentStatus.UNCHANGED))
+            unreadable = done[document.content_hash]
+            # Not read again, but never counted as unchanged: it has not run.
+            prepared.documents.append(DocumentRow(
+                document.relative, document.content_hash, fp,
+                DocumentStatus.UNCHANGED if unreadable is None else DocumentStatus.UNREADABLE,
+                error=unreadable))
             continue
         try:
             text = text_of(document)

@@ -227,15 +227,26 @@ def set_document_status(settings: Settings, run_id: str, custom_id: str,
             .values(status=status, error=error))
 
 
-def processed_hashes(settings: Settings, schedule_id: str, fingerprint: str) -> set[str]:
-    """Content hashes this schedule need not take again with this fingerprint: run
-    successfully, or found unreadable (the same bytes would fail the same way; --force)."""
+def processed_hashes(settings: Settings, schedule_id: str,
+                     fingerprint: str) -> dict[str, str | None]:
+    """Content hashes this schedule need not take again with this fingerprint, each with None
+    if it ran, or the reason it could not be read: the same bytes would fail the same way
+    (--force reads them again), and each run reports them unreadable again, never unchanged."""
     with session_scope(settings) as session:
-        return set(session.scalars(select(ScheduleDocument.content_hash).where(
-            ScheduleDocument.schedule_id == schedule_id,
-            ScheduleDocument.fingerprint == fingerprint,
-            ScheduleDocument.status.in_((DocumentStatus.SUCCEEDED, DocumentStatus.UNCHANGED,
-                                         DocumentStatus.UNREADABLE)))))
+        found = session.execute(select(
+            ScheduleDocument.content_hash, ScheduleDocument.status, ScheduleDocument.error)
+            .where(ScheduleDocument.schedule_id == schedule_id,
+                   ScheduleDocument.fingerprint == fingerprint,
+                   ScheduleDocument.status.in_((DocumentStatus.SUCCEEDED,
+                                                DocumentStatus.UNREADABLE)))
+            .order_by(ScheduleDocument.id))
+        done: dict[str, str | None] = {}
+        for content_hash, status, error in found:
+            if status is DocumentStatus.SUCCEEDED:
+                done[content_hash] = None
+            elif done.get(content_hash, "") is not None:  # never ran: its latest reason
+                done[content_hash] = error or "could not be read"
+        return done
 
 
 def known_paths(settings: Settings, schedule_id: str) -> set[str]:
