@@ -22,12 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from batchq.engine.costs import PADDING_FREE_MIN_WIDTH as MIN_WIDTH
+
 NAME = "batchq_rowwise"
 STOCK = "sdpa"
-# Below this width the mask is small and a call per row costs more than it saves: at 32-64
-# tokens the row-by-row prefill was 1-7% slower, at 128 even, from 256 faster (2-5% at 256
-# and 512, twofold at 2,048; two model sizes, benchmarks/RESULTS.md).
-MIN_WIDTH = 128
 
 
 def _left_padding(mask: Any, rows: int, length: int) -> list[int] | None:

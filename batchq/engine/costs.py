@@ -29,7 +29,11 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from batchq.engine.attention import MIN_WIDTH as PADDING_FREE_MIN_WIDTH
+# The narrowest batch whose prefill batchq.engine.attention runs row by row (it is here, not
+# there, so that planning never imports transformers). Below it the mask is small and a call
+# per row costs more than it saves: 0.84-0.99x at 16-64 tokens, even at 128, 1.10-1.92x from
+# 256 to 2,048 (benchmarks/RESULTS.md, 2026-12-08).
+PADDING_FREE_MIN_WIDTH = 128
 
 # (rows, width, steps) of the calibration batches, scaled down to fit the budget; chosen so
 # that each term has a shape where it is large and one where it is small. Never one row: a
