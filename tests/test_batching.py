@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from batchq.engine import attention
 from batchq.engine.costs import (
     ASSUMED,
+    PADDING_FREE_MIN_WIDTH,
     WIDE_SECONDS,
     WIDE_SHAPES,
     CostModel,
@@ -98,8 +98,8 @@ def test_a_padding_free_prefill_prices_each_prompt_by_its_own_length():
     assert pairs_only.batch_seconds(2, 200, 0, own) == 2 * 200**2  # the pad is attended too
     assert free.batch_seconds(2, 200, 0, own) == own
     assert free.batch_seconds(2, 200, 0) == 2 * 200**2  # lengths unknown: every row as wide
-    # Narrower than attention.MIN_WIDTH, the prefill is transformers' masked one.
-    narrow = attention.MIN_WIDTH - 1
+    # Narrower than that width, the prefill is transformers' masked one (engine.attention).
+    narrow = PADDING_FREE_MIN_WIDTH - 1
     assert free.batch_seconds(2, narrow, 0, narrow**2 + 1) == 2 * narrow**2
     # So a long prompt costs its short batch-mates less, and plans cut fewer batches for it.
     lengths = [2000] + [20] * 15
