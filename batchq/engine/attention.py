@@ -6,9 +6,9 @@ padding). On a CPU that costs twice: torch turns the mask into a float tensor of
 rows x prompt x prompt in every layer, and the masked kernel cannot skip the blocks above the
 diagonal. Measured on a 4-layer model with 16 rows of 2,048 tokens, half of them padded to
 twice their length: the masked prefill took 4.41-5.30 s, this one 2.76-3.25 s, with the same
-greedy outputs (benchmarks/RESULTS.md, 2026-12-08). Each row's slice holds exactly the keys the mask would have
-let it see, so the result is the same attention; only the order of the floating-point sums
-may differ, as it does between any two batch widths already.
+greedy outputs (benchmarks/RESULTS.md, 2026-12-08). Each row's slice holds exactly the keys
+the mask would have let it see, so the result is the same attention; only the order of the
+floating-point sums may differ, as it does between any two batch widths already.
 
 Everything else (decoding one token at a time, a prefill that continues a cache, sliding
 windows, position biases, masks of another shape) goes to transformers' own SDPA unchanged.

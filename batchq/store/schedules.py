@@ -240,13 +240,14 @@ def processed_hashes(settings: Settings, schedule_id: str,
                    ScheduleDocument.status.in_((DocumentStatus.SUCCEEDED,
                                                 DocumentStatus.UNREADABLE)))
             .order_by(ScheduleDocument.id))
-        done: dict[str, str | None] = {}
+        ran: set[str] = set()
+        reasons: dict[str, str] = {}  # each unreadable hash's latest reason
         for content_hash, status, error in found:
             if status is DocumentStatus.SUCCEEDED:
-                done[content_hash] = None
-            elif done.get(content_hash, "") is not None:  # never ran: its latest reason
-                done[content_hash] = error or "could not be read"
-        return done
+                ran.add(content_hash)
+            else:
+                reasons[content_hash] = error or "could not be read"
+        return {**reasons, **dict.fromkeys(ran)}  # once it ran, it is no longer unreadable
 
 
 def known_paths(settings: Settings, schedule_id: str) -> set[str]:
